@@ -1,0 +1,220 @@
+"""The one typed configuration of an asyncrl run, read from one TOML file.
+
+Every process (learner, rollout generators, reward workers, the launcher) reads the
+same file into :class:`RunConfig`; each uses its own section. Unknown keys, wrong types
+and impossible combinations raise :class:`ConfigError` naming the key path, before any
+process starts::
+
+    cfg = load_config("configs/tiny_cpu.toml", overrides=["learner.lr=1e-3"])
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    """Where a run writes, how long it lasts, and its seed."""
+
+    dir: Path = Field(Path("runs/default"), description="Run directory: metrics.jsonl, logs, checkpoints.")
+    max_steps: int = Field(20, ge=1, description="Learner optimiser steps before the run ends.")
+    seed: int = Field(0, description="Seed for data order, sampling engines and model init.")
+
+
+class ModelSection(_Section):
+    """The policy: any local HF causal-LM directory."""
+
+    path: Path = Field(description="HF model directory (config.json, weights, tokenizer).")
+    learner_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataSection(_Section):
+    """Prompt data in veRL's parquet schema (see asyncrl.data.schema)."""
+
+    train: Path = Field(description="Training parquet file.")
+    test: Path | None = Field(None, description="Validation parquet file (greedy scoring).")
+    max_prompt_tokens: int = Field(256, ge=1, description="Longer prompts are dropped (counted).")
+    shuffle: bool = True
+
+
+class RolloutSection(_Section):
+    """vLLM generators."""
+
+    num_generators: int = Field(1, ge=1)
+    n: int = Field(4, ge=1, description="Samples per prompt (the GRPO group size).")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    max_inflight_prompts: int = Field(8, ge=1, description="Prompts each generator keeps in flight.")
+    kv_cache_gb: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1.0)
+    enforce_eager: bool = True
+    max_model_len: int | None = None
+    omp_threads: int | None = Field(None, ge=1, description="CPU threads per engine (None: vLLM default).")
+
+
+class RewardSection(_Section):
+    """Reward workers: function rewards chosen by data_source or forced by name."""
+
+    num_workers: int = Field(1, ge=1)
+    function: str | None = Field(None, description="Force one reward function for every sample.")
+    timeout_s: float = Field(5.0, gt=0, description="Per-sample limit; a hung function scores 0.")
+
+
+class LearnerSection(_Section):
+    """Training: GRPO advantages, PPO-clip with truncated IS, AdamW."""
+
+    prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward pass.")
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    tis_cap: float = Field(2.0, ge=1.0, description="Truncated importance-sampling cap (old/behaviour).")
+    adv_eps: float = Field(1e-6, gt=0)
+    max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
+    sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")
+    val_every: int = Field(0, ge=0, description="Validate every N steps (0: only at start and end).")
+    val_prompts: int = Field(64, ge=1, description="Test prompts scored per validation.")
+    bucket_mb: int = Field(64, ge=1, description="Weight-broadcast bucket size in MiB.")
+    sync_timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
+    wait_timeout_s: float = Field(600.0, gt=0, description="Max wait for a batch before failing loudly.")
+    save_final: bool = True
+
+
+class TransportSection(_Section):
+    """Addresses (host:port). Binds default to loopback; the same file works across hosts."""
+
+    dispatch: str = Field("127.0.0.1:5555", description="Learner ROUTER: prompts out, control in.")
+    trajectories: str = Field("127.0.0.1:5556", description="Learner PULL: scored trajectories in.")
+    rewards: list[str] = Field(default_factory=lambda: ["127.0.0.1:5560"],
+                               description="One address per reward worker (PULL).")
+    weight_sync: str = Field("127.0.0.1:5570", description="torch.distributed TCPStore of the sync group.")
+    bind_host: str | None = Field(None, description="Interface to bind instead of each address's host.")
+    max_message_mb: int = Field(256, ge=1, description="Larger incoming messages are rejected.")
+
+    @model_validator(mode="after")
+    def _check_addresses(self) -> "TransportSection":
+        for name in ("dispatch", "trajectories", "weight_sync"):
+            parse_address(getattr(self, name))
+        for addr in self.rewards:
+            parse_address(addr)
+        return self
+
+
+class LoggingSection(_Section):
+    wandb: bool = False
+    wandb_project: str = "asyncrl"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    console: bool = True
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class RunConfig(_Section):
+    """The root config: one section per process plus shared ones."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection
+    data: DataSection
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    learner: LearnerSection = Field(default_factory=LearnerSection)
+    transport: TransportSection = Field(default_factory=TransportSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "RunConfig":
+        lr, t = self.learner, self.transport
+        if lr.max_staleness < lr.sync_every - 1:
+            raise ValueError(
+                f"learner.max_staleness={lr.max_staleness} is impossible with learner.sync_every="
+                f"{lr.sync_every}: generators lag up to sync_every-1 versions; set max_staleness >= "
+                f"{lr.sync_every - 1}")
+        if len(t.rewards) != self.reward.num_workers:
+            raise ValueError(
+                f"transport.rewards has {len(t.rewards)} address(es) but reward.num_workers="
+                f"{self.reward.num_workers}; give one address per reward worker")
+        if self.rollout.n < 2:
+            raise ValueError("rollout.n must be >= 2: group-normalised advantages need a group")
+        return self
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """Split ``host:port``; raise ValueError naming the address when malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {addr!r} is not host:port")
+    return host, int(port)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply ``section.key=value`` (value parsed as TOML, else taken as a string)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected section.key=value")
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override!r}: {p} is not a section")
+    node[parts[-1]] = _parse_value(value.strip())
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a TOML config. Raises ConfigError with key paths."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> dict[str, Any]:
+    """JSON-able dict of a config (paths as strings), for handing to child processes."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,118 @@
+"""``asyncrl up``: start every process of a run, forward their logs, stop them together.
+
+Each child is ``python -m cli.main <role> CONFIG --set ...`` in its own process group
+(so vLLM's engine processes die with their generator). Lines are prefixed with the
+child's name and also written to ``<run dir>/logs/<name>.log``. The run ends with exit
+0 when the learner exits 0; any other exit (or a child dying early) stops everything
+and exits 1 naming the process and its exit code. Ctrl-C stops everything (exit 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asyncrl.config import RunConfig
+
+log = logging.getLogger("asyncrl.up")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> list[Child]:
+    base = [sys.executable, "-m", "cli.main"]
+    sets = [a for ov in overrides for a in ("--set", ov)]
+    children = [Child(f"reward-{i}", base + ["reward", str(config_path), "--index", str(i)] + sets)
+                for i in range(cfg.reward.num_workers)]
+    children.append(Child("learner", base + ["learner", str(config_path)] + sets))
+    children += [Child(f"rollout-{i}", base + ["rollout", str(config_path), "--index", str(i)] + sets)
+                 for i in range(cfg.rollout.num_generators)]
+    return children
+
+
+def _forward(child: Child, log_dir: Path) -> None:
+    assert child.proc is not None and child.proc.stdout is not None
+    with open(log_dir / f"{child.name}.log", "a", buffering=1) as f:
+        for line in child.proc.stdout:
+            f.write(line)
+            child.tail = (child.tail + [line.rstrip()])[-20:]
+            sys.stdout.write(f"[{child.name}] {line}")
+            sys.stdout.flush()
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    if child.proc is not None and child.proc.poll() is None:
+        try:
+            os.killpg(child.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_all(children: list[Child], grace_s: float = 20.0) -> None:
+    for c in children:
+        _signal_group(c, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for c in children:
+        if c.proc is None:
+            continue
+        try:
+            c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", c.name, grace_s)
+        _signal_group(c, signal.SIGKILL)  # also reaps grandchildren (vLLM engine cores)
+        c.proc.wait()
+
+
+def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
+    """Start and supervise all processes; return the exit code for ``asyncrl up``."""
+    log_dir = cfg.run.dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children = plan_children(cfg, config_path, overrides)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    interrupted = threading.Event()
+    prev = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    prev_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    try:
+        for c in children:
+            c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=env, start_new_session=True, cwd=os.getcwd())
+            threading.Thread(target=_forward, args=(c, log_dir), daemon=True).start()
+            log.info("started %s (pid %d)", c.name, c.proc.pid)
+        return _supervise(children, interrupted)
+    finally:
+        stop_all(children)
+        signal.signal(signal.SIGINT, prev)
+        signal.signal(signal.SIGTERM, prev_term)
+
+
+def _supervise(children: list[Child], interrupted: threading.Event) -> int:
+    learner = next(c for c in children if c.name == "learner")
+    while True:
+        if interrupted.is_set():
+            log.warning("interrupted: stopping all processes")
+            return 130
+        for c in children:
+            code = c.proc.poll() if c.proc else None
+            if code is None:
+                continue
+            if c is learner and code == 0:
+                log.info("learner finished: stopping the other processes")
+                return 0
+            why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+            last = "\n    ".join(c.tail[-8:])
+            log.error("%s %s; stopping the run. Last lines:\n    %s", c.name, why, last)
+            return 1
+        time.sleep(0.2)

@@ -1,0 +1,77 @@
+"""Control messages (msgpack maps), validated on receipt; never pickled.
+
+Generator → learner (DEALER → ROUTER on ``transport.dispatch``):
+  hello   {generator, version}            a generator joined (or rejoined)
+  credit  {generator, version, count}     it can take ``count`` more prompts
+  synced  {generator, version, seconds}   it now serves weights ``version``
+Learner → generator:
+  prompts {items: [PromptItem...]}        prompts to generate (see PROMPT_ITEM_FIELDS)
+  sync    {version, tensors, bucket_bytes} weights follow on the sync group
+  stop    {}                              shut down cleanly
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+# type name -> required field -> accepted python types
+MESSAGE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"generator": (int,), "version": (int,)},
+    "credit": {"generator": (int,), "version": (int,), "count": (int,)},
+    "synced": {"generator": (int,), "version": (int,), "seconds": (float, int)},
+    "prompts": {"items": (list,)},
+    "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,)},
+    "stop": {},
+}
+
+PROMPT_ITEM_FIELDS: dict[str, tuple[type, ...]] = {
+    "prompt_id": (int,), "group_id": (int,), "split": (str,), "data_source": (str,),
+    "ground_truth": (str,), "prompt_token_ids": (list,), "n": (int,),
+    "temperature": (float, int), "max_tokens": (int,),
+}
+
+
+class MessageError(ValueError):
+    """A control message that is not valid msgpack or not one of MESSAGE_FIELDS."""
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """Encode a control message after checking it against MESSAGE_FIELDS."""
+    msg = {"type": kind, **fields}
+    _check(msg)
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def decode(data: bytes, max_bytes: int = 64 << 20) -> dict[str, Any]:
+    """Decode and validate; raise MessageError on anything malformed or foreign."""
+    if len(data) > max_bytes:
+        raise MessageError(f"message of {len(data)} bytes exceeds limit {max_bytes}")
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise MessageError(f"not msgpack: {type(e).__name__}: {e}") from None
+    _check(msg)
+    return msg
+
+
+def _check(msg: Any) -> None:
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise MessageError("message is not a map with a string 'type'")
+    spec = MESSAGE_FIELDS.get(msg["type"])
+    if spec is None:
+        raise MessageError(f"unknown message type {msg['type']!r}")
+    _check_fields(msg, spec, msg["type"])
+    if msg["type"] == "prompts":
+        for item in msg["items"]:
+            if not isinstance(item, dict):
+                raise MessageError("prompts.items entries must be maps")
+            _check_fields(item, PROMPT_ITEM_FIELDS, "prompts.items")
+
+
+def _check_fields(msg: dict, spec: dict[str, tuple[type, ...]], where: str) -> None:
+    for key, types in spec.items():
+        val = msg.get(key)
+        if not isinstance(val, types) or isinstance(val, bool):
+            raise MessageError(f"{where}.{key}: expected {'/'.join(t.__name__ for t in types)}")

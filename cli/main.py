@@ -1,0 +1,119 @@
+"""The ``asyncrl`` command line: thin entry points that validate, then call ``main``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from asyncrl.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(help="asyncrl: asynchronous RL post-training for LLMs (vLLM generators, reward "
+                       "workers and an FSDP2 learner as separate processes).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+try:  # sub-apps (data preparation, model tools)
+    from cli import data as _data, model as _model
+    app.add_typer(_data.app, name="data", help="Prepare datasets (veRL parquet schema).")
+    app.add_typer(_model.app, name="model", help="Create or import model directories.")
+except ImportError:  # pragma: no cover - only while a sub-app is missing
+    pass
+
+SET_HELP = "Override any key, e.g. --set learner.lr=1e-5 (repeatable)."
+
+
+def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
+          max_steps: Optional[int] = None) -> tuple[RunConfig, list[str]]:
+    overrides = list(sets)
+    if run_dir is not None:
+        overrides.append(f"run.dir={run_dir}")
+    if max_steps is not None:
+        overrides.append(f"run.max_steps={max_steps}")
+    return load_config(config, overrides), overrides
+
+
+def _run(role: str, fn: Callable[[], object]) -> None:
+    """The one error handler per process: bad input → exit 2, failures → exit 1."""
+    from asyncrl.data.schema import DataError
+
+    try:
+        fn()
+    except (ConfigError, DataError) as e:
+        typer.echo(f"asyncrl {role}: {e}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    except Exception as e:
+        traceback.print_exc()
+        typer.echo(f"asyncrl {role}: failed: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(1)
+
+
+def _setup_logging(name: str, cfg: RunConfig) -> None:
+    from asyncrl.log import setup_logging
+    setup_logging(name, cfg.logging.level)
+
+
+@app.command()
+def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
+       run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
+       max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+       set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Validate CONFIG once, then start all generators, reward workers and the learner as processes."""
+    def go() -> None:
+        cfg, overrides = _load(config, set_, run_dir, max_steps)
+        _setup_logging("up", cfg)
+        from asyncrl.launcher import run_up
+        code = run_up(cfg, config, overrides)
+        if code:
+            raise typer.Exit(code)
+    try:
+        _run("up", go)
+    except typer.Exit:
+        raise
+
+
+@app.command()
+def learner(config: Path = typer.Argument(..., help="Run config (TOML)."),
+            set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Run the learner alone (binds the dispatch and trajectory sockets, hosts the weight-sync group)."""
+    def go() -> None:
+        cfg, _ = _load(config, set_)
+        _setup_logging("learner", cfg)
+        from learner.train import main
+        main(cfg)
+    _run("learner", go)
+
+
+@app.command()
+def rollout(config: Path = typer.Argument(..., help="Run config (TOML)."),
+            index: int = typer.Option(0, "--index", help="Generator index (0..rollout.num_generators-1)."),
+            set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Run one vLLM rollout generator (connects to the learner's addresses from CONFIG)."""
+    def go() -> None:
+        cfg, _ = _load(config, set_)
+        _setup_logging(f"rollout-{index}", cfg)
+        from rollout.worker import main
+        main(cfg, index)
+    _run("rollout", go)
+
+
+@app.command()
+def reward(config: Path = typer.Argument(..., help="Run config (TOML)."),
+           index: int = typer.Option(0, "--index", help="Reward worker index (0..reward.num_workers-1)."),
+           set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Run one reward worker (binds transport.rewards[INDEX], forwards to the learner)."""
+    def go() -> None:
+        cfg, _ = _load(config, set_)
+        _setup_logging(f"reward-{index}", cfg)
+        from reward.worker import main
+        main(cfg, index)
+    _run("reward", go)
+
+
+if __name__ == "__main__":
+    app()

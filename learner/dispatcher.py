@@ -1,0 +1,127 @@
+"""Prompt dispatch with admission control (pure logic, no sockets).
+
+Staleness bound: a group is dispatched to a generator reporting policy version ``g``
+only while ``train groups dispatched < (g + max_staleness + 1) * prompts_per_step``
+(AReaL's rule). Together with the learner training the oldest groups first (see
+:class:`learner.buffer.GroupBuffer`), every group is trained at a learner version at
+most ``max_staleness`` above the version that generated it. ``max_staleness = 0`` is
+synchronous on-policy training. Validation prompts bypass admission: they are scored,
+never trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    prompt_id: int
+    token_ids: list[int]
+    data_source: str
+    ground_truth: str
+
+
+@dataclass
+class Sampling:
+    n: int
+    temperature: float
+    max_tokens: int
+
+
+@dataclass
+class InFlight:
+    generator: bytes
+    version_bound: int
+    prompt_id: int
+
+
+class Dispatcher:
+    def __init__(self, prompts: list[TokenizedPrompt], *, prompts_per_step: int, max_staleness: int,
+                 sampling: Sampling, seed: int, shuffle: bool = True) -> None:
+        if not prompts:
+            raise ValueError("no training prompts to dispatch")
+        self.prompts, self.B, self.s = prompts, prompts_per_step, max_staleness
+        self.sampling, self.seed, self.shuffle = sampling, seed, shuffle
+        self.epoch, self.cursor = 0, 0
+        self.order = self._order(0)
+        self.dispatched_train = 0
+        self.next_group_id = 0
+        self.credits: dict[bytes, int] = {}
+        self.versions: dict[bytes, int] = {}
+        self.inflight: dict[int, InFlight] = {}
+        self.val_queue: deque[dict[str, Any]] = deque()
+
+    def _order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.prompts)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
+        return idx
+
+    def _next_prompt(self) -> TokenizedPrompt:
+        if self.cursor == len(self.order):
+            self.epoch += 1
+            self.order, self.cursor = self._order(self.epoch), 0
+        p = self.prompts[self.order[self.cursor]]
+        self.cursor += 1
+        return p
+
+    def update(self, gen: bytes, version: int, credit: int = 0) -> None:
+        self.versions[gen] = max(version, self.versions.get(gen, 0))
+        self.credits[gen] = self.credits.get(gen, 0) + credit
+
+    def admissible(self, version: int) -> int:
+        """How many more train groups a generator at ``version`` may receive now."""
+        return max(0, (version + self.s + 1) * self.B - self.dispatched_train)
+
+    def take(self, gen: bytes) -> list[dict[str, Any]]:
+        """Items to send to ``gen`` now: validation first, then admitted train prompts."""
+        items: list[dict[str, Any]] = []
+        credit = self.credits.get(gen, 0)
+        while credit and self.val_queue:
+            items.append(self.val_queue.popleft())
+            credit -= 1
+        n_train = min(credit, self.admissible(self.versions.get(gen, 0)))
+        for _ in range(n_train):
+            items.append(self._train_item(gen))
+        self.credits[gen] = credit - n_train
+        return items
+
+    def _train_item(self, gen: bytes) -> dict[str, Any]:
+        p = self._next_prompt()
+        gid = self._new_group_id()
+        self.dispatched_train += 1
+        self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id)
+        s = self.sampling
+        return _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
+
+    def _new_group_id(self) -> int:
+        gid = self.next_group_id
+        self.next_group_id += 1
+        return gid
+
+    def add_validation(self, prompts: list[TokenizedPrompt], max_tokens: int) -> list[int]:
+        """Queue greedy single-sample validation prompts; return their group ids."""
+        gids = []
+        for p in prompts:
+            gid = self._new_group_id()
+            self.val_queue.append(_item(p, gid, "val", 1, 0.0, max_tokens))
+            gids.append(gid)
+        return gids
+
+    def arrived(self, group_id: int) -> InFlight | None:
+        """Mark a train group as returned; None if it was not in flight (duplicate/foreign)."""
+        return self.inflight.pop(group_id, None)
+
+    def min_inflight_bound(self) -> int | None:
+        return min((f.version_bound for f in self.inflight.values()), default=None)
+
+
+def _item(p: TokenizedPrompt, gid: int, split: str, n: int, temperature: float,
+          max_tokens: int) -> dict[str, Any]:
+    return {"prompt_id": p.prompt_id, "group_id": gid, "split": split, "data_source": p.data_source,
+            "ground_truth": p.ground_truth, "prompt_token_ids": p.token_ids, "n": n,
+            "temperature": temperature, "max_tokens": max_tokens}

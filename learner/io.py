@@ -1,0 +1,169 @@
+"""The learner's network side: one thread owning every learner socket.
+
+It serves generators' control messages (hello/credit/synced) on a ROUTER, hands out
+prompts through the :class:`Dispatcher`, and receives scored trajectory groups on a
+PULL socket into the :class:`GroupBuffer`. The training thread talks to it through
+thread-safe methods only; ZeroMQ sockets never leave this thread. Malformed messages
+are dropped, counted and logged; the thread keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import zmq
+
+from asyncrl import messages, schema
+from asyncrl.config import RunConfig
+from asyncrl.transport import DropCounter, make_socket, tcp
+from learner.buffer import GroupBuffer
+from learner.dispatcher import Dispatcher
+
+log = logging.getLogger("learner.io")
+
+
+class LearnerIO(threading.Thread):
+    def __init__(self, cfg: RunConfig, dispatcher: Dispatcher) -> None:
+        super().__init__(name="learner-io", daemon=True)
+        self.cfg, self.dispatcher = cfg, dispatcher
+        self.buffer = GroupBuffer()
+        self.val_results: dict[int, pa.RecordBatch] = {}
+        self.synced: dict[bytes, int] = {}
+        self.drops = DropCounter("learner")
+        self.duplicates = 0
+        self.cond = threading.Condition()
+        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.error: BaseException | None = None
+        self._stop_flag = threading.Event()
+        self.ctx = zmq.Context()
+        t, mb = cfg.transport, cfg.transport.max_message_mb
+        self.router = make_socket(self.ctx, zmq.ROUTER, max_message_mb=mb)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.bind(tcp(t.dispatch, t.bind_host))
+        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb)
+        self.pull.bind(tcp(t.trajectories, t.bind_host))
+
+    # ---- called from the training thread -------------------------------------------
+    def send_all(self, payload: bytes) -> None:
+        self.commands.put(("send_all", payload))
+
+    def generators(self) -> list[bytes]:
+        with self.cond:
+            return list(self.dispatcher.versions)
+
+    def request_validation(self, prompts: list[Any], max_tokens: int) -> list[int]:
+        with self.cond:
+            return self.dispatcher.add_validation(prompts, max_tokens)
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
+        """Block until ``predicate()`` (run under the lock) returns non-None."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.error is not None:
+                    raise RuntimeError(f"learner I/O thread failed: {self.error!r}")
+                got = predicate()
+                if got is not None:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+                self.cond.wait(min(left, 1.0))
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self.join(timeout=10)
+
+    # ---- the I/O thread --------------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        try:
+            while not self._stop_flag.is_set():
+                self._run_commands()
+                events = dict(poller.poll(20))
+                if self.router in events:
+                    self._on_control()
+                if self.pull in events:
+                    self._on_trajectory()
+                self._redispatch()
+        except BaseException as e:  # surfaced to the training thread by wait_for
+            log.exception("learner I/O thread crashed")
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+        finally:
+            self.ctx.destroy(linger=500)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                cmd, arg = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd == "send_all":
+                for gen in self.generators():
+                    self._send(gen, arg)
+
+    def _send(self, gen: bytes, payload: bytes) -> None:
+        try:
+            self.router.send_multipart([gen, payload])
+        except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): it will say hello again
+            log.warning("cannot reach %s: %s", gen.decode(errors="replace"), e)
+
+    def _on_control(self) -> None:
+        frames = self.router.recv_multipart()
+        if len(frames) != 2:
+            self.drops.drop("control-frames", f"{len(frames)} frames")
+            return
+        gen, data = frames
+        try:
+            msg = messages.decode(data)
+        except messages.MessageError as e:
+            self.drops.drop("control", str(e))
+            return
+        with self.cond:
+            kind = msg["type"]
+            if kind in ("hello", "credit", "synced"):
+                self.dispatcher.update(gen, msg["version"], msg.get("count", 0))
+                if kind == "synced":
+                    self.synced[gen] = msg["version"]
+                items = self.dispatcher.take(gen)
+                self.cond.notify_all()
+            else:
+                self.drops.drop("control-unexpected", kind)
+                return
+        if items:
+            self._send(gen, messages.encode("prompts", items=items))
+
+    def _on_trajectory(self) -> None:
+        data = self.pull.recv()
+        try:
+            batch = schema.decode_batch(data)
+        except schema.SchemaError as e:
+            self.drops.drop("trajectory", str(e))
+            return
+        gid = int(batch.column("group_id")[0].as_py())
+        with self.cond:
+            if batch.column("split")[0].as_py() == "val":
+                self.val_results[gid] = batch
+            elif self.dispatcher.arrived(gid) is None:
+                self.duplicates += 1
+                log.warning("dropped group %d: not in flight (duplicate or foreign)", gid)
+            else:
+                self.buffer.add(batch)
+            self.cond.notify_all()
+
+    def _redispatch(self) -> None:
+        """Admission may have opened (versions moved): serve waiting credits."""
+        with self.cond:
+            pending = [(g, self.dispatcher.take(g)) for g in list(self.dispatcher.credits)]
+        for gen, items in pending:
+            if items:
+                self._send(gen, messages.encode("prompts", items=items))

@@ -1,0 +1,74 @@
+"""Loading the policy under FSDP2 and exporting its full HF-named state dict."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("learner.model")
+
+
+def init_distributed() -> None:
+    """Join torchrun's group if launched by it, else a world-size-1 gloo group."""
+    if dist.is_initialized():
+        return
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def load_policy(path: Path, dtype: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The HF causal LM at ``path``, each decoder layer and the root wrapped with fully_shard."""
+    init_distributed()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.config.use_cache = False
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"{path}: unsupported architecture {type(model).__name__} (no model.layers)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        model.to(torch.device("cuda", torch.cuda.current_device()))
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model, tokenizer
+
+
+def full_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """Unsharded HF-named tensors on CPU (every rank participates; rank 0 gets them all)."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts)
+
+
+def broadcast_items(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """Tensors to send to vLLM: a tied ``lm_head.weight`` is skipped (vLLM ties it itself)."""
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    return [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
+
+
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+    """Write an HF checkpoint directory that transformers and vLLM load."""
+    state = full_state_dict(model)
+    if dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(state.values())).dtype)
+        fresh.load_state_dict(state, strict=False)
+        fresh.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out)
+    dist.barrier()
+    return out

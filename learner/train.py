@@ -1,0 +1,175 @@
+"""The learner process: dispatch prompts, train on scored groups, broadcast weights.
+
+    cfg = load_config("configs/tiny_cpu.toml"); Learner(cfg).run()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from asyncrl import messages
+from asyncrl.config import RunConfig, dump_config, parse_address
+from asyncrl.data.dataset import load_prompts
+from asyncrl.metrics import MetricsLogger
+from asyncrl.weight_sync import SyncGroup, default_backend, send_state, tensor_metas
+from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+from learner.io import LearnerIO
+from learner.model import broadcast_items, full_state_dict, load_policy, save_hf
+from learner.step import train_step
+
+log = logging.getLogger("learner")
+
+
+def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[TokenizedPrompt], int]:
+    """Chat-templated prompt token ids; prompts longer than ``max_tokens`` are dropped (counted)."""
+    out, dropped = [], 0
+    for row in load_prompts(path):
+        ids = tokenizer.apply_chat_template(row.messages, add_generation_prompt=True, tokenize=True)
+        if not isinstance(ids, list):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        if len(ids) > max_tokens:
+            dropped += 1
+            continue
+        out.append(TokenizedPrompt(row.prompt_id, [int(i) for i in ids], row.data_source, row.ground_truth))
+    return out, dropped
+
+
+class Learner:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        cfg.run.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.run.seed)
+        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens)
+        log.info("%d training prompts (%d dropped as longer than %d tokens)", len(train), dropped,
+                 cfg.data.max_prompt_tokens)
+        self.val_prompts: list[TokenizedPrompt] = []
+        if cfg.data.test is not None:
+            val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
+            self.val_prompts = val[:cfg.learner.val_prompts]
+        r, lr = cfg.rollout, cfg.learner
+        self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
+                                     sampling=Sampling(r.n, r.temperature, r.max_new_tokens),
+                                     seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr.lr, betas=lr.betas,
+                                           weight_decay=lr.weight_decay)
+        self.io = LearnerIO(cfg, self.dispatcher)
+        self.version = 0
+        self.stale_dropped = 0
+        self.sync_group: SyncGroup | None = None
+        lg = cfg.logging
+        self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
+                                     wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
+                                     config=dump_config(cfg))
+
+    def connect_generators(self) -> None:
+        """Form the weight-sync group with every generator and wait for their hellos."""
+        cfg = self.cfg
+        host, port = parse_address(cfg.transport.weight_sync)
+        n = cfg.rollout.num_generators
+        log.info("waiting for %d generator(s) to join the weight-sync group at %s", n, cfg.transport.weight_sync)
+        self.sync_group = SyncGroup(host, port, 0, n + 1, timeout_s=cfg.learner.sync_timeout_s,
+                                    backend=default_backend())
+        self.io.wait_for(lambda: True if len(self.dispatcher.versions) >= n else None,
+                         cfg.learner.sync_timeout_s, f"hello from all {n} generator(s)")
+        log.info("all %d generator(s) connected", n)
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.io.start()
+        try:
+            self.connect_generators()
+            start = last = time.perf_counter()
+            self._log_validation(step=0, time_s=0.0)
+            for step in range(1, cfg.run.max_steps + 1):
+                groups = self._next_batch()
+                staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
+                stats = train_step(self.model, self.optimizer, groups, cfg.learner, self.pad_id)
+                self.version += 1
+                sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
+                now = time.perf_counter()
+                rec = self._record(step, groups, staleness, stats, sync_s, now - last, now - start)
+                last = now
+                if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
+                    rec.update(self.validate())
+                self.metrics.log(rec)
+            if cfg.learner.save_final:
+                out = save_hf(self.model, self.tokenizer, cfg.run.dir / "checkpoints" / "final")
+                log.info("saved final checkpoint to %s", out)
+            self.io.send_all(messages.encode("stop"))
+            time.sleep(0.5)  # let the stop messages leave before the sockets close
+        finally:
+            self.io.stop()
+            self.metrics.close()
+
+    def _next_batch(self) -> list:
+        cfg, B = self.cfg, self.cfg.learner.prompts_per_step
+        while True:
+            groups = self.io.wait_for(lambda: self.io.buffer.select(B, self.dispatcher.min_inflight_bound()),
+                                      cfg.learner.wait_timeout_s, f"{B} scored groups from the reward workers")
+            fresh = [g for g in groups
+                     if self.version - int(g.column("policy_version")[0].as_py()) <= cfg.learner.max_staleness]
+            self.stale_dropped += len(groups) - len(fresh)
+            if fresh:
+                return fresh
+
+    def sync_weights(self) -> float:
+        """Broadcast the full state to every generator; return seconds until all serve it."""
+        assert self.sync_group is not None
+        cfg, v = self.cfg, self.version
+        t0 = time.perf_counter()
+        items = broadcast_items(self.model, full_state_dict(self.model))
+        metas = tensor_metas(items, cfg.rollout.dtype)
+        bucket = cfg.learner.bucket_mb << 20
+        self.io.send_all(messages.encode("sync", version=v, tensors=[list(m) for m in metas], bucket_bytes=bucket))
+        send_state(self.sync_group, items, cfg.rollout.dtype, bucket)
+        n = cfg.rollout.num_generators
+        self.io.wait_for(lambda: True if sum(x >= v for x in self.io.synced.values()) >= n else None,
+                         cfg.learner.sync_timeout_s, f"all {n} generator(s) to apply weights v{v}")
+        return time.perf_counter() - t0
+
+    def validate(self) -> dict[str, float]:
+        """Greedy scores of the test prompts, generated by the generators at their current version."""
+        if not self.val_prompts:
+            return {}
+        gids = self.io.request_validation(self.val_prompts, self.cfg.rollout.max_new_tokens)
+        res = self.io.wait_for(lambda: [self.io.val_results.pop(g) for g in gids]
+                               if all(g in self.io.val_results for g in gids) else None,
+                               self.cfg.learner.wait_timeout_s, f"{len(gids)} validation results")
+        rewards = [float(b.column("reward")[0].as_py() or 0.0) for b in res]
+        versions = [int(b.column("policy_version")[0].as_py()) for b in res]
+        return {"val_reward_mean": sum(rewards) / len(rewards), "val_policy_version_min": min(versions)}
+
+    def _log_validation(self, step: int, time_s: float) -> None:
+        val = self.validate()
+        if val:
+            self.metrics.log({"step": step, "policy_version": self.version, "time_s": time_s, **val})
+
+    def _record(self, step: int, groups: list, staleness: list[int], stats: dict[str, float],
+                sync_s: float, step_s: float, time_s: float) -> dict[str, Any]:
+        rewards = [r for g in groups for r in g.column("reward").to_pylist()]
+        samples = len(rewards)
+        tokens = sum(sum(g.column("response_token_ids").value_lengths().to_pylist()) for g in groups)
+        errors = sum(g.column("reward_error").null_count != g.num_rows for g in groups)
+        return {
+            "step": step, "policy_version": self.version,
+            "reward_mean": sum(float(r or 0.0) for r in rewards) / samples,
+            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+            "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
+            "tokens_per_s": tokens / max(step_s, 1e-9), "weight_sync_s": sync_s, "step_s": step_s,
+            "time_s": time_s, "stale_dropped": self.stale_dropped, "reward_error_groups": errors,
+            "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
+            **stats,
+        }
+
+
+def main(cfg: RunConfig) -> None:
+    """Entry point of ``asyncrl learner CONFIG``."""
+    Learner(cfg).run()

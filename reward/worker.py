@@ -1,0 +1,102 @@
+"""A reward worker: score each trajectory group and forward it to the learner.
+
+PULL on its own ``transport.rewards[index]`` address (generators push to every reward
+worker, round-robin), PUSH to the learner's ``transport.trajectories``. Rewards run in a
+child process with a timeout (:class:`reward.safe_call.SafeRewardCaller`): a function
+that raises, hangs or returns garbage yields 0 with ``reward_error`` set, and the worker
+keeps going. Malformed messages are dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import zmq
+
+from asyncrl import schema
+from asyncrl.config import RunConfig
+from asyncrl.transport import DropCounter, make_socket, tcp
+from reward.functions import default_reward_name, get_reward_fn
+from reward.safe_call import SafeRewardCaller
+
+log = logging.getLogger("reward")
+
+
+class RewardWorker:
+    def __init__(self, cfg: RunConfig, index: int) -> None:
+        self.cfg, self.index = cfg, index
+        if cfg.reward.function is not None:
+            get_reward_fn(cfg.reward.function)  # fail now on an unknown name
+        self.caller = SafeRewardCaller(timeout_s=cfg.reward.timeout_s)
+        self.drops = DropCounter(f"reward worker {index}")
+        self.ctx = zmq.Context()
+        t, mb = cfg.transport, cfg.transport.max_message_mb
+        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb)
+        self.pull.bind(tcp(t.rewards[index], t.bind_host))
+        self.push = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb)
+        self.push.connect(tcp(t.trajectories))
+        self.scored = self.errors = 0
+        self.running = True
+
+    def fn_name(self, data_source: str) -> str:
+        return self.cfg.reward.function or default_reward_name(data_source)
+
+    def score(self, batch) -> tuple[list[float], list[str | None]]:
+        items = []
+        for row in batch.select(["data_source", "response_text", "ground_truth"]).to_pylist():
+            try:
+                name = self.fn_name(row["data_source"])
+            except (KeyError, ValueError) as e:
+                name = f"unknown:{e}"
+            items.append((name, row["data_source"], row["response_text"], row["ground_truth"], {}))
+        results = self.caller.score_batch(items)
+        rewards = [r for r, _ in results]
+        errors = [e for _, e in results]
+        self.errors += sum(e is not None for e in errors)
+        return rewards, errors
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        last_log = time.monotonic()
+        while self.running:
+            if not poller.poll(200):
+                continue
+            data = self.pull.recv()
+            try:
+                batch = schema.decode_batch(data)
+            except schema.SchemaError as e:
+                self.drops.drop("trajectory", str(e))
+                continue
+            rewards, errors = self.score(batch)
+            self.push.send(schema.encode_batch(schema.with_rewards(batch, rewards, errors)))
+            self.scored += batch.num_rows
+            if time.monotonic() - last_log > 30:
+                log.info("scored %d samples, %d reward errors, %d messages dropped",
+                         self.scored, self.errors, self.drops.total)
+                last_log = time.monotonic()
+
+    def close(self) -> None:
+        self.caller.close()
+        self.ctx.destroy(linger=2000)
+
+
+def main(cfg: RunConfig, index: int) -> None:
+    """Entry point of ``asyncrl reward CONFIG --index I``; SIGTERM/SIGINT stop it cleanly."""
+    if not 0 <= index < cfg.reward.num_workers:
+        raise ValueError(f"--index {index} out of range: reward.num_workers={cfg.reward.num_workers}")
+    worker = RewardWorker(cfg, index)
+
+    def _stop(*_: object) -> None:
+        worker.running = False
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        worker.run()
+    finally:
+        log.info("stopping: scored %d samples, %d reward errors, %d messages dropped",
+                 worker.scored, worker.errors, worker.drops.total)
+        worker.close()

@@ -1,0 +1,1 @@
+"""Rollout generators: vLLM engines producing groups of samples with behaviour log-probs."""

@@ -1,0 +1,183 @@
+"""A rollout generator: one vLLM AsyncLLM engine with continuous batching.
+
+It asks the learner's dispatcher for prompts (credits), generates ``n`` samples per
+prompt, records behaviour log-probs and the policy version, and pushes each group as
+one Arrow record batch to the reward workers. A ``sync`` message pauses the engine
+(in-flight requests are kept), receives the new weights over the sync group inside the
+vLLM worker, and resumes: generation never restarts the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from asyncrl import messages, schema
+from asyncrl.config import RunConfig, parse_address
+from asyncrl.transport import DropCounter, make_socket, tcp
+from asyncrl.weight_sync import default_backend
+
+log = logging.getLogger("rollout")
+
+
+def build_engine(cfg: RunConfig, seed: int) -> Any:
+    """An AsyncLLM for the policy, with the weight-sync worker extension loaded."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gb))))
+    if cfg.rollout.omp_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.rollout.omp_threads))
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    r = cfg.rollout
+    args = AsyncEngineArgs(
+        model=str(cfg.model.path), dtype=r.dtype, seed=seed, enforce_eager=r.enforce_eager,
+        max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        worker_extension_cls="rollout.vllm_ext.WeightSyncExtension",
+        logprobs_mode="processed_logprobs", disable_log_stats=True)
+    return AsyncLLM.from_engine_args(args)
+
+
+def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position logprob dicts."""
+    return [float(logprobs[i][tok].logprob) for i, tok in enumerate(token_ids)]
+
+
+class Generator:
+    def __init__(self, cfg: RunConfig, index: int) -> None:
+        self.cfg, self.index = cfg, index
+        self.version = 0
+        self.engine: Any = None
+        self.drops = DropCounter(f"generator {index}")
+        self.tasks: set[asyncio.Task] = set()
+        self.groups_done = 0
+        self.tokens_done = 0
+        self.stopping = False
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index)
+        host, port = parse_address(cfg.transport.weight_sync)
+        log.info("joining weight-sync group at %s as rank %d", cfg.transport.weight_sync, self.index + 1)
+        await self.engine.collective_rpc(
+            "asyncrl_init_sync", args=(host, port, self.index + 1, cfg.rollout.num_generators + 1,
+                                       cfg.learner.sync_timeout_s, default_backend()))
+        self.ctx = zmq.asyncio.Context()
+        mb = cfg.transport.max_message_mb
+        self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb)
+        self.control.setsockopt(zmq.IDENTITY, f"gen-{self.index}".encode())
+        self.control.connect(tcp(cfg.transport.dispatch))
+        self.out = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb)
+        for addr in cfg.transport.rewards:
+            self.out.connect(tcp(addr))
+        await self._send("hello", generator=self.index, version=self.version)
+        await self._send("credit", generator=self.index, version=self.version,
+                         count=cfg.rollout.max_inflight_prompts)
+        log.info("generator %d ready", self.index)
+
+    async def _send(self, kind: str, **fields: Any) -> None:
+        await self.control.send(messages.encode(kind, **fields))
+
+    async def run(self) -> None:
+        limit = self.cfg.transport.max_message_mb << 20
+        while not self.stopping:
+            data = await self.control.recv()
+            try:
+                msg = messages.decode(data, max_bytes=limit)
+            except messages.MessageError as e:
+                self.drops.drop("control", str(e))
+                continue
+            if msg["type"] == "prompts":
+                for item in msg["items"]:
+                    task = asyncio.create_task(self._generate_group(item))
+                    self.tasks.add(task)
+                    task.add_done_callback(self._task_done)
+            elif msg["type"] == "sync":
+                await self._apply_sync(msg)
+            elif msg["type"] == "stop":
+                self.stopping = True
+            else:
+                self.drops.drop("unexpected", msg["type"])
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("generation task failed: %r", task.exception())
+            self.stopping = True
+
+    async def _generate_group(self, item: dict[str, Any]) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.rollout.top_p,
+            max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
+        version, start = self.version, time.time()
+        final = None
+        async for out in self.engine.generate({"prompt_token_ids": item["prompt_token_ids"]}, params,
+                                              request_id=f"g{self.index}-{item['group_id']}"):
+            final = out
+        assert final is not None and final.finished
+        rows = [self._row(item, c, version, start) for c in sorted(final.outputs, key=lambda c: c.index)]
+        await self.out.send(schema.encode_batch(schema.make_batch(rows)))
+        self.groups_done += 1
+        self.tokens_done += sum(len(r["response_token_ids"]) for r in rows)
+        await self._send("credit", generator=self.index, version=self.version, count=1)
+
+    def _row(self, item: dict[str, Any], comp: Any, version: int, start: float) -> dict[str, Any]:
+        ids = list(comp.token_ids)
+        return {
+            "prompt_id": item["prompt_id"], "group_id": item["group_id"], "sample_index": comp.index,
+            "split": item["split"], "data_source": item["data_source"],
+            "ground_truth": item["ground_truth"], "prompt_token_ids": item["prompt_token_ids"],
+            "response_token_ids": ids, "behaviour_logprobs": sampled_logprobs(ids, comp.logprobs),
+            "response_text": comp.text, "finish_reason": str(comp.finish_reason),
+            "policy_version": version, "policy_version_end": self.version,
+            "generator_index": self.index, "gen_start_time": start, "gen_end_time": time.time(),
+        }
+
+    async def _apply_sync(self, msg: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        await self.engine.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self.engine.collective_rpc("asyncrl_receive_weights",
+                                             args=(msg["tensors"], msg["bucket_bytes"]))
+            # Preempt running requests so no KV computed by the old weights is reused.
+            await self.engine.reset_prefix_cache(reset_running_requests=True)
+            self.version = msg["version"]
+        finally:
+            await self.engine.resume_generation()
+        secs = time.perf_counter() - t0
+        log.info("weights v%d applied in %.2fs (%d groups done)", self.version, secs, self.groups_done)
+        await self._send("synced", generator=self.index, version=self.version, seconds=secs)
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        if self.engine is not None:
+            self.engine.shutdown()
+        if hasattr(self, "ctx"):
+            self.ctx.destroy(linger=0)
+
+
+async def _amain(cfg: RunConfig, index: int) -> None:
+    gen = Generator(cfg, index)
+    try:
+        await gen.start()
+        await gen.run()
+    finally:
+        await gen.close()
+
+
+def main(cfg: RunConfig, index: int) -> None:
+    """Entry point of ``asyncrl rollout CONFIG --index I``."""
+    if not 0 <= index < cfg.rollout.num_generators:
+        raise ValueError(f"--index {index} out of range: rollout.num_generators="
+                         f"{cfg.rollout.num_generators}")
+    asyncio.run(_amain(cfg, index))
