@@ -37,10 +37,17 @@ class Rollouts:
                    torch.tensor(rewards, dtype=torch.float32))
 
 
-def sequence_logprobs(model: PreTrainedModel, tb: TrainBatch) -> Tensor:
-    """``[B, L-1]`` log-probs of each target token under ``model``."""
+def sequence_logprobs(model: PreTrainedModel, tb: TrainBatch, temperature: float = 1.0) -> Tensor:
+    """``[B, L-1]`` log-probs of each target token under ``model`` at sampling ``temperature``.
+
+    The generators report log-probs of the distribution they sampled from (logits / T), so
+    the learner scores the same tempered distribution; otherwise every IS ratio would be off.
+    """
     out = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids)
-    return token_logprobs(out.logits[:, :-1], tb.targets)
+    logits = out.logits[:, :-1]
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    return token_logprobs(logits, tb.targets)
 
 
 def _slice(tb: TrainBatch, lo: int, hi: int) -> TrainBatch:
@@ -48,7 +55,7 @@ def _slice(tb: TrainBatch, lo: int, hi: int) -> TrainBatch:
 
 
 def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, groups: list[pa.RecordBatch],
-               cfg: LearnerSection, pad_id: int) -> dict[str, float]:
+               cfg: LearnerSection, pad_id: int, temperature: float = 1.0) -> dict[str, float]:
     """Recompute old log-probs, then one clipped policy-gradient update over micro-batches."""
     ro = Rollouts.from_groups(groups)
     adv = grpo_advantages(ro.rewards, eps=cfg.adv_eps).flatten()
@@ -57,12 +64,12 @@ def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, groups:
     n, mb = tb.input_ids.shape[0], cfg.micro_batch_size
     total_tokens = float(tb.response_mask.sum().clamp(min=1.0))
     with torch.no_grad():
-        old = torch.cat([sequence_logprobs(model, _slice(tb, i, i + mb)) for i in range(0, n, mb)])
+        old = torch.cat([sequence_logprobs(model, _slice(tb, i, i + mb), temperature) for i in range(0, n, mb)])
     sums: dict[str, float] = {}
     loss_total = 0.0
     for i in range(0, n, mb):
         part = _slice(tb, i, i + mb)
-        lp = sequence_logprobs(model, part)
+        lp = sequence_logprobs(model, part, temperature)
         loss, stats = policy_loss(lp, old[i:i + mb], part.behaviour_logprobs, adv[i:i + mb].to(device),
                                   part.response_mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                   tis_cap=cfg.tis_cap)

@@ -91,7 +91,8 @@ class Learner:
             for step in range(1, cfg.run.max_steps + 1):
                 groups = self._next_batch()
                 staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
-                stats = train_step(self.model, self.optimizer, groups, cfg.learner, self.pad_id)
+                stats = train_step(self.model, self.optimizer, groups, cfg.learner, self.pad_id,
+                                   cfg.rollout.temperature)
                 self.version += 1
                 sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
                 now = time.perf_counter()
@@ -158,12 +159,14 @@ class Learner:
         samples = len(rewards)
         tokens = sum(sum(g.column("response_token_ids").value_lengths().to_pylist()) for g in groups)
         errors = sum(g.column("reward_error").null_count != g.num_rows for g in groups)
+        versions = [int(g.column("policy_version")[0].as_py()) for g in groups]
         return {
             "step": step, "policy_version": self.version,
             "reward_mean": sum(float(r or 0.0) for r in rewards) / samples,
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
             "tokens_per_s": tokens / max(step_s, 1e-9), "weight_sync_s": sync_s, "step_s": step_s,
+            "sample_version_min": min(versions), "sample_version_max": max(versions),
             "time_s": time_s, "stale_dropped": self.stale_dropped, "reward_error_groups": errors,
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
             **stats,
