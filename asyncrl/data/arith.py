@@ -1,0 +1,89 @@
+"""Synthetic arithmetic prompts ("What is 7 + 5?") in veRL's schema, answered after ``####``.
+
+Problems are drawn without replacement from every ``a op b`` with ``a, b`` in
+``[min_value, max_value]`` and ``op`` in ``ops``, so the test split never repeats a
+training problem. When the space is smaller than ``n_train + n_test``, the test split
+still takes ``n_test`` distinct problems (or the whole space) and the training split
+repeats the remaining ones (or, if none remain, samples the whole space) to reach
+``n_train`` rows. The same arguments always give the same files.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from asyncrl.data.schema import make_row, write_rows
+
+DATA_SOURCE = "arith"
+DEFAULT_TEMPLATE = "What is {a} {op} {b}? End your reply with '#### <number>', for example '#### 7'."
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _problem(index: int, lo: int, width: int, ops: str) -> tuple[int, str, int]:
+    """Decode a problem index in [0, len(ops) * width**2) into (a, op, b)."""
+    op_i, rest = divmod(index, width * width)
+    a, b = divmod(rest, width)
+    return lo + a, ops[op_i], lo + b
+
+
+def _render(template: str, a: int, op: str, b: int) -> str:
+    try:
+        return template.format(a=a, op=op, b=b)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"template {template!r} must use only the fields {{a}}, {{op}}, {{b}}: {exc}") from exc
+
+
+def write_arith(
+    out: Path,
+    *,
+    n_train: int = 2000,
+    n_test: int = 200,
+    min_value: int = 0,
+    max_value: int = 20,
+    ops: str = "+",
+    seed: int = 0,
+    template: str = DEFAULT_TEMPLATE,
+    system_prompt: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``out/train.parquet`` and ``out/test.parquet``; returns their paths."""
+    bad = sorted(set(ops) - set(OPERATIONS))
+    if not ops or bad:
+        raise ValueError(f"ops={ops!r}: each character must be one of {''.join(OPERATIONS)!r}")
+    ops = "".join(dict.fromkeys(ops))  # drop repeats, keep order
+    if max_value < min_value:
+        raise ValueError(f"max_value={max_value} is below min_value={min_value}")
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train={n_train} and n_test={n_test} must both be >= 1")
+    width = max_value - min_value + 1
+    space = len(ops) * width * width
+    rng = random.Random(seed)
+    drawn = rng.sample(range(space), min(space, n_train + n_test))
+    test_ids = drawn[: min(n_test, space)]
+    pool = drawn[len(test_ids) :] or drawn
+    train_ids = pool[:n_train] + [rng.choice(pool) for _ in range(n_train - len(pool))]
+
+    out = Path(out)
+    paths = []
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        rows = []
+        for index, problem in enumerate(ids):
+            a, op, b = _problem(problem, min_value, width, ops)
+            messages = [{"role": "user", "content": _render(template, a, op, b)}]
+            if system_prompt is not None:
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            rows.append(
+                make_row(
+                    data_source=DATA_SOURCE,
+                    messages=messages,
+                    ability="math",
+                    ground_truth=str(OPERATIONS[op](a, b)),
+                    split=split,
+                    index=index,
+                    a=a,
+                    op=op,
+                    b=b,
+                )
+            )
+        paths.append(write_rows(out / f"{split}.parquet", rows))
+    return paths[0], paths[1]

@@ -1,0 +1,1 @@
+"""Model helpers: a tiny random Llama for tests and an importer for a real GGUF model."""

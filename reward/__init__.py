@@ -1,0 +1,1 @@
+"""Reward functions (by registry name) and a process-isolated caller with timeouts."""

@@ -1,0 +1,108 @@
+"""Rule-based reward functions, looked up by name.
+
+Every function has the signature ``(data_source, response, ground_truth, extra_info) ->
+float``. :data:`REWARD_FUNCTIONS` maps names to functions; :func:`get_reward_fn` also
+accepts ``"package.module:function"`` for user functions with the same signature, and
+:func:`default_reward_name` picks a function from a row's ``data_source``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+RewardFn = Callable[[str, str, str, dict[str, Any]], float]
+
+# veRL's gsm8k scorer (verl/utils/reward_score/gsm8k.py, "strict" method): only the last
+# 300 characters are searched, the last "#### <number>" counts, commas and "$" are
+# stripped, and the result must equal the ground truth string. No format score.
+GSM8K_CLIP_CHARS = 300
+GSM8K_ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+GSM8K_CORRECT = 1.0
+GSM8K_FORMAT_SCORE = 0.0
+
+# arith: the same extraction, but any whitespace may follow "####", and the answer is
+# compared as a number (so "12.0" matches "12").
+ARITH_ANSWER_RE = re.compile(r"####\s*(\-?[0-9\.\,]+)")
+ARITH_CORRECT = 1.0
+"""Reward for a correct final ``#### n``."""
+ARITH_WRONG_ANSWER = 0.1
+"""Partial credit for a ``#### n`` that is present but wrong: it rewards the format."""
+ARITH_NO_ANSWER = 0.0
+"""Reward when no ``#### n`` appears in the last 300 characters."""
+
+
+class UnknownRewardError(KeyError):
+    """No reward function by that name; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would show repr(message), quotes and all
+        return str(self.args[0]) if self.args else ""
+
+
+def _last_answer(pattern: re.Pattern[str], response: str) -> str | None:
+    found = pattern.findall(response[-GSM8K_CLIP_CHARS:])
+    return found[-1].replace(",", "").replace("$", "") if found else None
+
+
+def gsm8k(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
+    """veRL's strict GSM8K score: 1.0 if the last ``#### n`` equals ``ground_truth``, else 0.0."""
+    answer = _last_answer(GSM8K_ANSWER_RE, response)
+    if answer is None:
+        return 0.0
+    return GSM8K_CORRECT if answer == ground_truth else GSM8K_FORMAT_SCORE
+
+
+def arith(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
+    """1.0 for a numerically correct last ``#### n``, 0.1 for a wrong one, 0.0 for none."""
+    answer = _last_answer(ARITH_ANSWER_RE, response)
+    if answer is None:
+        return ARITH_NO_ANSWER
+    try:
+        correct = float(answer) == float(ground_truth)
+    except ValueError:  # "1.2.3" or a non-numeric ground truth: compare as text
+        correct = answer == ground_truth.strip()
+    return ARITH_CORRECT if correct else ARITH_WRONG_ANSWER
+
+
+def toy_digits(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
+    """Fraction of non-whitespace response characters that are ASCII digits (0.0 if none).
+
+    A reward a tiny random model can learn quickly; for tests, not for real tasks.
+    """
+    chars = [c for c in response if not c.isspace()]
+    return sum(c in "0123456789" for c in chars) / len(chars) if chars else 0.0
+
+
+REWARD_FUNCTIONS: dict[str, RewardFn] = {"gsm8k": gsm8k, "arith": arith, "toy_digits": toy_digits}
+
+DEFAULT_BY_DATA_SOURCE = {"openai/gsm8k": "gsm8k", "gsm8k": "gsm8k", "arith": "arith"}
+
+
+def default_reward_name(data_source: str) -> str:
+    """The registry name of the reward function for rows with this ``data_source``."""
+    try:
+        return DEFAULT_BY_DATA_SOURCE[data_source]
+    except KeyError:
+        raise UnknownRewardError(
+            f"no default reward function for data_source {data_source!r} (known: "
+            f"{', '.join(sorted(DEFAULT_BY_DATA_SOURCE))}); set the reward function name explicitly"
+        ) from None
+
+
+def get_reward_fn(name: str) -> RewardFn:
+    """A registered function by name, or ``"module:function"`` imported from a module."""
+    if name in REWARD_FUNCTIONS:
+        return REWARD_FUNCTIONS[name]
+    known = ", ".join(sorted(REWARD_FUNCTIONS))
+    if ":" not in name:
+        raise UnknownRewardError(f"unknown reward function {name!r}; known: {known}, or 'package.module:function'")
+    module_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownRewardError(f"cannot load reward function {name!r}: {exc}") from exc
+    if not callable(fn):
+        raise UnknownRewardError(f"reward function {name!r} is not callable")
+    return fn

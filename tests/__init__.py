@@ -1,0 +1,1 @@
+"""Test package (so tests can import tests.* helper modules)."""
