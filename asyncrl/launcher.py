@@ -43,6 +43,21 @@ def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> li
     return children
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail before any process starts when the model or data files are unusable."""
+    from asyncrl.data.dataset import load_prompts
+    from asyncrl.data.schema import DataError
+
+    if not (cfg.model.path / "config.json").is_file():
+        raise DataError(f"model.path: {cfg.model.path} is not an HF model directory (no config.json)")
+    for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
+        if path is not None:
+            try:
+                load_prompts(path)
+            except DataError as e:
+                raise DataError(f"{key}: {e}") from None
+
+
 def _forward(child: Child, log_dir: Path) -> None:
     assert child.proc is not None and child.proc.stdout is not None
     with open(log_dir / f"{child.name}.log", "a", buffering=1) as f:

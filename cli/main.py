@@ -47,6 +47,8 @@ def _run(role: str, fn: Callable[[], object]) -> None:
         raise typer.Exit(2)
     except KeyboardInterrupt:
         raise typer.Exit(130)
+    except typer.Exit:
+        raise
     except Exception as e:
         traceback.print_exc()
         typer.echo(f"asyncrl {role}: failed: {type(e).__name__}: {e}", err=True)
@@ -67,14 +69,12 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, overrides = _load(config, set_, run_dir, max_steps)
         _setup_logging("up", cfg)
-        from asyncrl.launcher import run_up
+        from asyncrl.launcher import check_inputs, run_up
+        check_inputs(cfg)
         code = run_up(cfg, config, overrides)
         if code:
             raise typer.Exit(code)
-    try:
-        _run("up", go)
-    except typer.Exit:
-        raise
+    _run("up", go)
 
 
 @app.command()

@@ -146,7 +146,10 @@ class Learner:
                                self.cfg.learner.wait_timeout_s, f"{len(gids)} validation results")
         rewards = [float(b.column("reward")[0].as_py() or 0.0) for b in res]
         versions = [int(b.column("policy_version")[0].as_py()) for b in res]
-        return {"val_reward_mean": sum(rewards) / len(rewards), "val_policy_version_min": min(versions)}
+        # accuracy: replies earning the full reward (a correct final answer in the asked format)
+        return {"val_reward_mean": sum(rewards) / len(rewards),
+                "val_accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
+                "val_policy_version_min": min(versions)}
 
     def _log_validation(self, step: int, time_s: float) -> None:
         val = self.validate()

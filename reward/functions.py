@@ -30,8 +30,14 @@ ARITH_CORRECT = 1.0
 """Reward for a correct final ``#### n``."""
 ARITH_WRONG_ANSWER = 0.1
 """Partial credit for a ``#### n`` that is present but wrong: it rewards the format."""
+ARITH_RIGHT_NUMBER_NO_FORMAT = 0.2
+"""Partial credit when no ``#### n`` appears but the last number in the reply is right.
+
+SmolLM2-135M often states the right sum without the ``####`` format (see README); this
+gives GRPO groups a gradient toward correctness before the format is learned."""
 ARITH_NO_ANSWER = 0.0
-"""Reward when no ``#### n`` appears in the last 300 characters."""
+"""Reward when no ``#### n`` appears and the last number (if any) is wrong."""
+_NUMBER_RE = re.compile(r"-?[0-9][0-9,]*(?:\.[0-9]+)?")
 
 
 class UnknownRewardError(KeyError):
@@ -55,15 +61,22 @@ def gsm8k(data_source: str, response: str, ground_truth: str, extra_info: dict[s
 
 
 def arith(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
-    """1.0 for a numerically correct last ``#### n``, 0.1 for a wrong one, 0.0 for none."""
+    """1.0 for a numerically correct last ``#### n``, 0.1 for a wrong one; without any
+    ``#### n``, 0.2 if the last number in the reply is right, else 0.0."""
     answer = _last_answer(ARITH_ANSWER_RE, response)
     if answer is None:
+        numbers = _NUMBER_RE.findall(response[-GSM8K_CLIP_CHARS:])
+        if numbers and _same_number(numbers[-1].replace(",", ""), ground_truth):
+            return ARITH_RIGHT_NUMBER_NO_FORMAT
         return ARITH_NO_ANSWER
+    return ARITH_CORRECT if _same_number(answer, ground_truth) else ARITH_WRONG_ANSWER
+
+
+def _same_number(answer: str, ground_truth: str) -> bool:
     try:
-        correct = float(answer) == float(ground_truth)
+        return float(answer) == float(ground_truth)
     except ValueError:  # "1.2.3" or a non-numeric ground truth: compare as text
-        correct = answer == ground_truth.strip()
-    return ARITH_CORRECT if correct else ARITH_WRONG_ANSWER
+        return answer == ground_truth.strip()
 
 
 def toy_digits(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:

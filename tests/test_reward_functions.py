@@ -52,7 +52,11 @@ def test_arith_numeric_compare_and_partial_credit() -> None:
     assert arith("arith", "#### -4", "-4", {}) == 1.0
     assert arith("arith", "#### 13", "12", {}) == ARITH_WRONG_ANSWER == 0.1
     assert arith("arith", "#### 1.2.3", "12", {}) == ARITH_WRONG_ANSWER
-    assert arith("arith", "12", "12", {}) == 0.0
+    # no "#### n": partial credit only when the last number is right
+    assert arith("arith", "12", "12", {}) == 0.2
+    assert arith("arith", "7 + 5 = 12. So the answer is 12.", "12", {}) == 0.2
+    assert arith("arith", "12 is wrong, it is 13", "12", {}) == 0.0
+    assert arith("arith", "no numbers", "12", {}) == 0.0
     assert arith("arith", "#### 12" + " " * 300, "12", {}) == 0.0
 
 

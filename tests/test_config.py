@@ -1,0 +1,85 @@
+"""Config validation: every shipped TOML loads; bad input names the key path and exits 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncrl.config import ConfigError, load_config, validate_config
+from tests.e2e import REPO
+
+BASE = {"model": {"path": "m"}, "data": {"train": "t.parquet"}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run.max_steps >= 1
+
+
+def _err(data: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate_config(data, source="x.toml")
+    return str(e.value)
+
+
+def test_unknown_key_names_the_path() -> None:
+    assert "x.toml: learner.lrr: unknown key" in _err({**BASE, "learner": {"lrr": 1.0}})
+    assert "bogus: unknown key" in _err({**BASE, "bogus": {}})
+
+
+def test_wrong_type_names_the_path() -> None:
+    assert "rollout.n" in _err({**BASE, "rollout": {"n": "eight"}})
+    assert "model: Field required" in _err({"data": {"train": "t"}})
+
+
+def test_impossible_combinations() -> None:
+    assert "max_staleness" in _err({**BASE, "learner": {"max_staleness": 0, "sync_every": 3}})
+    assert "transport.rewards" in _err({**BASE, "reward": {"num_workers": 2}})
+    assert "host:port" in _err({**BASE, "transport": {"dispatch": "nohostport"}})
+
+
+def test_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[model]\npath = "m"\n[data]\ntrain = "t.parquet"\n')
+    cfg = load_config(p, ["learner.lr=3e-4", "run.dir=/tmp/x y", 'transport.rewards=["h:1"]'])
+    assert cfg.learner.lr == 3e-4 and str(cfg.run.dir) == "/tmp/x y" and cfg.transport.rewards == ["h:1"]
+    with pytest.raises(ConfigError, match="learner.nope"):
+        load_config(p, ["learner.nope=1"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('[model]\npath = "m"\n[data]\ntrain = "t.parquet"\n[learner]\nlr = "fast"\n')
+    res = _cli("up", str(p))
+    assert res.returncode == 2
+    assert "learner.lr" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_missing_data_column_exits_2(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["hi"], "data_source": ["arith"]}), data)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\npath = "{tiny_model_dir}"\n[data]\ntrain = "{data}"\n')
+    res = _cli("up", str(cfg))
+    assert res.returncode == 2
+    assert "data.train" in res.stderr and "reward_model" in res.stderr and str(data) in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_help_for_every_command() -> None:
+    for cmd in ([], ["up"], ["learner"], ["rollout"], ["reward"], ["data"], ["model"],
+                ["data", "arith"], ["data", "gsm8k"], ["model", "tiny"], ["model", "import-gguf"]):
+        res = _cli(*cmd, "--help")
+        assert res.returncode == 0 and "Usage" in res.stdout, (cmd, res.stderr)
