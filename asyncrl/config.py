@@ -83,6 +83,7 @@ class LearnerSection(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward pass.")
+    autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     tis_cap: float = Field(2.0, ge=1.0, description="Truncated importance-sampling cap (old/behaviour).")

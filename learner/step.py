@@ -50,27 +50,28 @@ def sequence_logprobs(model: PreTrainedModel, tb: TrainBatch, temperature: float
     return token_logprobs(logits, tb.targets)
 
 
-def _slice(tb: TrainBatch, lo: int, hi: int) -> TrainBatch:
-    return TrainBatch(**{k: v[lo:hi] for k, v in vars(tb).items()})
-
-
 def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, groups: list[pa.RecordBatch],
                cfg: LearnerSection, pad_id: int, temperature: float = 1.0) -> dict[str, float]:
-    """Recompute old log-probs, then one clipped policy-gradient update over micro-batches."""
+    """One clipped policy-gradient update over micro-batches.
+
+    The PPO "old" policy is the learner's current weights before this update. With one
+    optimiser step per batch those equal the weights of this very forward pass (gradients
+    accumulate over micro-batches before the step), so ``old = logprobs.detach()`` is
+    exact and saves a full no-grad forward pass. The TIS weight old/behaviour then
+    corrects for generator staleness and for numeric differences between engines.
+    """
     ro = Rollouts.from_groups(groups)
     adv = grpo_advantages(ro.rewards, eps=cfg.adv_eps).flatten()
     device = next(model.parameters()).device
-    tb = build_batch(ro.prompt_ids, ro.response_ids, ro.behaviour, pad_id).to(device)
-    n, mb = tb.input_ids.shape[0], cfg.micro_batch_size
-    total_tokens = float(tb.response_mask.sum().clamp(min=1.0))
-    with torch.no_grad():
-        old = torch.cat([sequence_logprobs(model, _slice(tb, i, i + mb), temperature) for i in range(0, n, mb)])
+    total_tokens = float(max(1, sum(len(r) for r in ro.response_ids)))
     sums: dict[str, float] = {}
     loss_total = 0.0
-    for i in range(0, n, mb):
-        part = _slice(tb, i, i + mb)
-        lp = sequence_logprobs(model, part, temperature)
-        loss, stats = policy_loss(lp, old[i:i + mb], part.behaviour_logprobs, adv[i:i + mb].to(device),
+    for idx in micro_batches(ro, cfg.micro_batch_size):
+        part = build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx],
+                           [ro.behaviour[i] for i in idx], pad_id).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            lp = sequence_logprobs(model, part, temperature)
+        loss, stats = policy_loss(lp, lp.detach(), part.behaviour_logprobs, adv[idx].to(device),
                                   part.response_mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                   tis_cap=cfg.tis_cap)
         weight = float(part.response_mask.sum()) / total_tokens
@@ -82,5 +83,12 @@ def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, groups:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    lens = [len(r) for r in ro.response_ids]
     return {"loss": loss_total, "grad_norm": float(gn), "advantage_abs_mean": float(adv.abs().mean()),
-            "response_len_mean": float(tb.response_lens.float().mean()), **sums}
+            "response_len_mean": sum(lens) / len(lens), **sums}
+
+
+def micro_batches(ro: Rollouts, size: int) -> list[list[int]]:
+    """Sample indices in chunks of ``size``, sorted by length so each chunk pads little."""
+    order = sorted(range(len(ro.prompt_ids)), key=lambda i: len(ro.prompt_ids[i]) + len(ro.response_ids[i]))
+    return [order[i:i + size] for i in range(0, len(order), size)]

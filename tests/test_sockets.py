@@ -1,0 +1,91 @@
+"""Real ZeroMQ sockets: malformed or foreign messages are dropped and counted; workers go on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgpack
+import zmq
+
+from asyncrl import messages, schema
+from asyncrl.config import validate_config
+from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+from learner.io import LearnerIO
+from tests.conftest import free_port
+from tests.test_wire import _row
+
+GARBAGE = [b"", b"\x00" * 10, b"not arrow", msgpack.packb({"type": "hello"}),
+           schema.encode_batch(schema.make_batch([_row()]))[:-30]]
+
+
+def _cfg(**transport):
+    ports = {"dispatch": f"127.0.0.1:{free_port()}", "trajectories": f"127.0.0.1:{free_port()}",
+             "rewards": [f"127.0.0.1:{free_port()}"], "weight_sync": f"127.0.0.1:{free_port()}"}
+    return validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "transport": {**ports, **transport},
+                            "reward": {"function": "toy_digits", "timeout_s": 10}})
+
+
+def _wait(cond, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_reward_worker_survives_garbage_and_scores() -> None:
+    from reward.worker import RewardWorker
+
+    cfg = _cfg()
+    worker = RewardWorker(cfg, 0)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    ctx = zmq.Context()
+    sink = ctx.socket(zmq.PULL)
+    sink.bind(f"tcp://{cfg.transport.trajectories}")
+    src = ctx.socket(zmq.PUSH)
+    src.connect(f"tcp://{cfg.transport.rewards[0]}")
+    try:
+        for g in GARBAGE:
+            src.send(g)
+        src.send(schema.encode_batch(schema.make_batch([_row(response_text="12ab")])))
+        assert sink.poll(30000), "no scored batch came out"
+        out = schema.decode_batch(sink.recv())
+        assert out.column("reward").to_pylist() == [0.5]
+        assert worker.drops.total == len(GARBAGE)
+    finally:
+        worker.running = False
+        t.join(5)
+        worker.close()
+        ctx.destroy(linger=0)
+
+
+def test_learner_io_survives_garbage_and_dispatches() -> None:
+    cfg = _cfg()
+    prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(4)]
+    d = Dispatcher(prompts, prompts_per_step=2, max_staleness=0, sampling=Sampling(2, 1.0, 4), seed=0)
+    io = LearnerIO(cfg, d)
+    io.start()
+    ctx = zmq.Context()
+    gen = ctx.socket(zmq.DEALER)
+    gen.connect(f"tcp://{cfg.transport.dispatch}")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://{cfg.transport.trajectories}")
+    try:
+        for g in GARBAGE:
+            gen.send(g)
+            push.send(g)
+        gen.send(messages.encode("hello", generator=0, version=0))
+        gen.send(messages.encode("credit", generator=0, version=0, count=5))
+        assert gen.poll(10000)
+        msg = messages.decode(gen.recv())
+        assert msg["type"] == "prompts" and len(msg["items"]) == 2  # admission: (0+0+1)*2
+        gid = msg["items"][0]["group_id"]
+        push.send(schema.encode_batch(schema.make_batch([_row(group_id=gid, reward=1.0)])))
+        push.send(schema.encode_batch(schema.make_batch([_row(group_id=gid, reward=1.0)])))  # duplicate
+        push.send(schema.encode_batch(schema.make_batch([_row(group_id=999)])))  # foreign
+        _wait(lambda: len(io.buffer) == 1 and io.duplicates == 2)
+        _wait(lambda: io.drops.total == 2 * len(GARBAGE))
+    finally:
+        io.stop()
+        ctx.destroy(linger=0)
