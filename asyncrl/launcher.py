@@ -48,6 +48,12 @@ def check_inputs(cfg: RunConfig) -> None:
     from asyncrl.data.dataset import load_prompts
     from asyncrl.data.schema import DataError
 
+    if cfg.reward.function is not None:
+        from reward.functions import get_reward_fn
+        try:
+            get_reward_fn(cfg.reward.function)
+        except Exception as e:  # unknown name, import error, missing attribute
+            raise DataError(f"reward.function: {e}") from None
     if not (cfg.model.path / "config.json").is_file():
         raise DataError(f"model.path: {cfg.model.path} is not an HF model directory (no config.json)")
     for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):

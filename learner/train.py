@@ -161,7 +161,7 @@ class Learner:
         rewards = [r for g in groups for r in g.column("reward").to_pylist()]
         samples = len(rewards)
         tokens = sum(sum(g.column("response_token_ids").value_lengths().to_pylist()) for g in groups)
-        errors = sum(g.column("reward_error").null_count != g.num_rows for g in groups)
+        errors = sum(g.num_rows - g.column("reward_error").null_count for g in groups)
         versions = [int(g.column("policy_version")[0].as_py()) for g in groups]
         return {
             "step": step, "policy_version": self.version,
@@ -170,7 +170,7 @@ class Learner:
             "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
             "tokens_per_s": tokens / max(step_s, 1e-9), "weight_sync_s": sync_s, "step_s": step_s,
             "sample_version_min": min(versions), "sample_version_max": max(versions),
-            "time_s": time_s, "stale_dropped": self.stale_dropped, "reward_error_groups": errors,
+            "time_s": time_s, "stale_dropped": self.stale_dropped, "reward_errors": errors,
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
             **stats,
         }

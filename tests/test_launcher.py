@@ -1,0 +1,40 @@
+"""The launcher stops every process when one fails and names it (the success path runs in test_e2e)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncrl import launcher
+from asyncrl.config import validate_config
+
+
+def test_failing_child_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    cfg = validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "run": {"dir": str(tmp_path)}})
+    children = [
+        launcher.Child("learner", [sys.executable, "-c", "import time; print('training', flush=True); time.sleep(60)"]),
+        launcher.Child("rollout-0", [sys.executable, "-c", "import sys, time; time.sleep(0.5); print('boom'); sys.exit(3)"]),
+    ]
+    monkeypatch.setattr(launcher, "plan_children", lambda *a: children)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        code = launcher.run_up(cfg, Path("x.toml"), [])
+    assert code == 1
+    assert time.monotonic() - t0 < 30
+    assert "rollout-0 exited with code 3" in caplog.text and "boom" in caplog.text
+    assert children[0].proc.poll() is not None  # the learner was stopped too
+    assert "training" in (tmp_path / "logs" / "learner.log").read_text()
+
+
+def test_learner_success_ends_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "run": {"dir": str(tmp_path)}})
+    children = [launcher.Child("learner", [sys.executable, "-c", "pass"]),
+                launcher.Child("reward-0", [sys.executable, "-c", "import time; time.sleep(60)"])]
+    monkeypatch.setattr(launcher, "plan_children", lambda *a: children)
+    assert launcher.run_up(cfg, Path("x.toml"), []) == 0
+    assert children[1].proc.poll() is not None
