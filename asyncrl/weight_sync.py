@@ -33,6 +33,7 @@ class SyncGroup:
                  backend: str = "gloo") -> None:
         timeout = timedelta(seconds=timeout_s)
         self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
                                    wait_for_workers=False, use_libuv=True)
         prefixed = dist.PrefixStore("asyncrl_weight_sync", self.store)
@@ -83,7 +84,7 @@ def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: s
     metas = tensor_metas(named, dtype)
     sent = 0
     for bucket in plan_buckets(metas, bucket_bytes):
-        flat = torch.cat([named[i][1].detach().reshape(-1).to(dtype_of(dtype)) for i in bucket])
+        flat = torch.cat([named[i][1].detach().reshape(-1).to(group.device, dtype_of(dtype)) for i in bucket])
         group.broadcast(flat)
         sent += flat.numel() * flat.element_size()
     return sent

@@ -59,6 +59,7 @@ class Generator:
         self.groups_done = 0
         self.tokens_done = 0
         self.stopping = False
+        self.failure: BaseException | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -87,6 +88,10 @@ class Generator:
     async def run(self) -> None:
         limit = self.cfg.transport.max_message_mb << 20
         while not self.stopping:
+            if self.failure is not None:
+                raise RuntimeError(f"generation failed: {self.failure!r}") from self.failure
+            if not await self.control.poll(500):
+                continue
             data = await self.control.recv()
             try:
                 msg = messages.decode(data, max_bytes=limit)
@@ -108,8 +113,7 @@ class Generator:
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("generation task failed: %r", task.exception())
-            self.stopping = True
+            self.failure = task.exception()
 
     async def _generate_group(self, item: dict[str, Any]) -> None:
         from vllm import SamplingParams
