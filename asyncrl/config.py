@@ -84,10 +84,6 @@ class LearnerSection(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward pass.")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0)
-    tis_cap: float = Field(2.0, ge=1.0, description="Truncated importance-sampling cap (old/behaviour).")
-    adv_eps: float = Field(1e-6, gt=0)
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")
     val_every: int = Field(0, ge=0, description="Validate every N steps (0: only at start and end).")
@@ -96,6 +92,54 @@ class LearnerSection(_Section):
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
     wait_timeout_s: float = Field(600.0, gt=0, description="Max wait for a batch before failing loudly.")
     save_final: bool = True
+
+
+AdvantageName = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gae"]
+LossName = Literal["ppo", "gspo", "reinforce"]
+AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLKind = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs"]
+
+
+class AlgorithmSection(_Section):
+    """Advantage estimator, policy loss, KL to a reference, DAPO extras, off-policy correction.
+
+    Names follow veRL so configs port over; docs/algorithms.md gives each formula.
+    """
+
+    advantage: AdvantageName = "grpo"
+    norm_adv_by_std: bool = Field(True, description="grpo: divide by the group std (False = Dr.GRPO).")
+    adv_eps: float = Field(1e-6, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    loss: LossName = "ppo"
+    loss_agg_mode: AggMode = "token-mean"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher when above clip_low.")
+    clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant (None: off).")
+    entropy_coef: float = Field(0.0, ge=0)
+    kl_loss_coef: float = Field(0.0, ge=0, description="KL(current||reference) as a loss term.")
+    kl_loss_type: KLKind = "k3"
+    kl_in_reward: bool = Field(False, description="Subtract beta*KL(behaviour||reference) per token from the reward.")
+    kl_reward_type: KLKind = "k1"
+    kl_coef: float = Field(0.001, ge=0, description="Initial beta for kl_in_reward.")
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    kl_target: float = Field(0.1, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    critic_lr: float = Field(1e-5, gt=0, description="gae: value model learning rate.")
+    value_clip: float = Field(0.5, gt=0, description="gae: clip range of the value loss.")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty buffer (0: off).")
+    overlong_factor: float = Field(1.0, ge=0)
+    correction: Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled"] = "tis"
+    is_cap: float = Field(2.0, ge=1.0, description="tis/seq_tis cap; decoupled filter bound.")
+    is_lower: float = Field(0.5, gt=0, description="mis/seq_mis lower ratio bound.")
+    is_upper: float = Field(2.0, gt=1.0, description="mis/seq_mis upper ratio bound.")
+    stale_policy: Literal["drop", "reweight"] = Field(
+        "drop", description="Samples older than learner.max_staleness that still arrive.")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_loss_coef > 0 or self.kl_in_reward
 
 
 class TransportSection(_Section):
@@ -135,6 +179,7 @@ class RunConfig(_Section):
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     reward: RewardSection = Field(default_factory=RewardSection)
     learner: LearnerSection = Field(default_factory=LearnerSection)
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     transport: TransportSection = Field(default_factory=TransportSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
@@ -150,8 +195,11 @@ class RunConfig(_Section):
             raise ValueError(
                 f"transport.rewards has {len(t.rewards)} address(es) but reward.num_workers="
                 f"{self.reward.num_workers}; give one address per reward worker")
-        if self.rollout.n < 2:
-            raise ValueError("rollout.n must be >= 2: group-normalised advantages need a group")
+        a = self.algorithm
+        if a.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ValueError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+        if self.rollout.n < 2 and a.advantage in ("grpo", "rloo", "reinforce_pp_baseline"):
+            raise ValueError(f"rollout.n must be >= 2: algorithm.advantage={a.advantage} needs a group")
         return self
 
 
@@ -195,15 +243,36 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a TOML config. Raises ConfigError with key paths."""
-    path = Path(path)
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A TOML file; ``extends = "base.toml"`` (relative to the file) is merged underneath."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected a file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: extends: cycle through {base_path}")
+    return _merge(_read_toml(base_path, seen + (base_path,)), data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a TOML config. Raises ConfigError with key paths."""
+    path = Path(path)
+    data = _read_toml(path.resolve())
     for ov in overrides or []:
         apply_override(data, ov)
     return validate_config(data, source=str(path))

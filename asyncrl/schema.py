@@ -26,6 +26,7 @@ gen_start_time      float64                unix seconds, request start
 gen_end_time        float64                unix seconds, request end
 reward              float32 (nullable)     filled by the reward worker
 reward_error        string (nullable)      set when the reward function failed (reward = 0)
+is_baseline         bool                   a greedy baseline sample (ReMax), scored, never trained
 ==================  =====================  ==================================================
 """
 
@@ -54,7 +55,10 @@ TRAJECTORY_SCHEMA = pa.schema([
     pa.field("gen_end_time", pa.float64(), nullable=False),
     pa.field("reward", pa.float32(), nullable=True),
     pa.field("reward_error", pa.string(), nullable=True),
+    pa.field("is_baseline", pa.bool_(), nullable=False),
 ])
+
+_DEFAULTS = {"is_baseline": False}
 
 
 class SchemaError(ValueError):
@@ -63,7 +67,7 @@ class SchemaError(ValueError):
 
 def make_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """Build a validated record batch from row dicts (missing nullable fields → null)."""
-    cols = {f.name: [r.get(f.name) for r in rows] for f in TRAJECTORY_SCHEMA}
+    cols = {f.name: [r.get(f.name, _DEFAULTS.get(f.name)) for r in rows] for f in TRAJECTORY_SCHEMA}
     batch = pa.RecordBatch.from_pydict(cols, schema=TRAJECTORY_SCHEMA)
     validate_batch(batch)
     return batch

@@ -30,6 +30,7 @@ class Sampling:
     n: int
     temperature: float
     max_tokens: int
+    greedy_baseline: bool = False  # ReMax: also generate one greedy reply per prompt
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Dispatcher:
         self.epoch, self.cursor = 0, 0
         self.order = self._order(0)
         self.dispatched_train = 0
+        self.discarded = 0  # groups dropped by dynamic sampling: their slots are handed out again
         self.next_group_id = 0
         self.credits: dict[bytes, int] = {}
         self.versions: dict[bytes, int] = {}
@@ -75,7 +77,11 @@ class Dispatcher:
 
     def admissible(self, version: int) -> int:
         """How many more train groups a generator at ``version`` may receive now."""
-        return max(0, (version + self.s + 1) * self.B - self.dispatched_train)
+        return max(0, (version + self.s + 1) * self.B + self.discarded - self.dispatched_train)
+
+    def discard(self, groups: int) -> None:
+        """Groups that arrived but will never be trained (dynamic sampling) free their slots."""
+        self.discarded += groups
 
     def take(self, gen: bytes) -> list[dict[str, Any]]:
         """Items to send to ``gen`` now: validation first, then admitted train prompts."""
@@ -96,7 +102,10 @@ class Dispatcher:
         self.dispatched_train += 1
         self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id)
         s = self.sampling
-        return _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
+        item = _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
+        if s.greedy_baseline:
+            item["greedy_baseline"] = True
+        return item
 
     def _new_group_id(self) -> int:
         gid = self.next_group_id

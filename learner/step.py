@@ -1,7 +1,21 @@
-"""One optimiser step on a list of scored groups: GRPO advantages, PPO-clip with TIS."""
+"""One optimiser step on scored groups, for every algorithm in the config's [algorithm].
+
+Phase A (no grad): reference log-probs and critic values where the algorithm needs them,
+token rewards (outcome on the last token, DAPO overlong penalty, optional KL-in-reward),
+advantages over the whole batch. Phase B: micro-batched forward/backward with the chosen
+policy loss, off-policy correction and optional entropy/KL-loss terms, then the step.
+
+The PPO "old" policy is the learner's weights before this update. With one optimiser step
+per batch those are the weights of this very forward pass (gradients accumulate over
+micro-batches before the step), so ``old = logprobs.detach()`` is exact and saves a full
+no-grad pass; the correction weights old/behaviour then account for generator staleness
+(and numeric differences between engines). KL-in-reward uses the behaviour log-probs, the
+policy that actually produced the tokens.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -9,36 +23,21 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from asyncrl.config import LearnerSection
-from learner.algo import grpo_advantages, policy_loss, token_logprobs
+from asyncrl.config import AlgorithmSection, LearnerSection
+from learner.advantages import get_estimator
+from learner.algo import entropy_from_logits, token_logprobs
 from learner.batch import TrainBatch, build_batch
+from learner.critic import ValueModel
+from learner.dapo import overlong_penalty
+from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
+from learner.offpolicy import correction, staleness_weights
+from learner.rollouts import Rollouts, micro_batches, outcome_token_rewards, response_view
 
 
-@dataclass
-class Rollouts:
-    """Scored groups flattened to per-sample lists (row order = group, then sample)."""
-
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    behaviour: list[list[float]]
-    rewards: Tensor  # [G, n]
-
-    @classmethod
-    def from_groups(cls, groups: list[pa.RecordBatch]) -> "Rollouts":
-        cols = {k: [] for k in ("prompt_token_ids", "response_token_ids", "behaviour_logprobs")}
-        rewards = []
-        for g in groups:
-            for k in cols:
-                cols[k].extend(g.column(k).to_pylist())
-            rewards.append([0.0 if r is None else float(r) for r in g.column("reward").to_pylist()])
-        if len({len(r) for r in rewards}) != 1:
-            raise ValueError("groups of different sizes in one batch")
-        return cls(cols["prompt_token_ids"], cols["response_token_ids"], cols["behaviour_logprobs"],
-                   torch.tensor(rewards, dtype=torch.float32))
-
-
-def sequence_logprobs(model: PreTrainedModel, tb: TrainBatch, temperature: float = 1.0) -> Tensor:
-    """``[B, L-1]`` log-probs of each target token under ``model`` at sampling ``temperature``.
+def policy_forward(model: PreTrainedModel, tb: TrainBatch, temperature: float,
+                   entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``[b, L-1]`` log-probs of each target token at sampling ``temperature`` (and entropies).
 
     The generators report log-probs of the distribution they sampled from (logits / T), so
     the learner scores the same tempered distribution; otherwise every IS ratio would be off.
@@ -47,48 +46,144 @@ def sequence_logprobs(model: PreTrainedModel, tb: TrainBatch, temperature: float
     logits = out.logits[:, :-1]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    return token_logprobs(logits, tb.targets)
+    return token_logprobs(logits, tb.targets), entropy_from_logits(logits) if entropy else None
 
 
-def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, groups: list[pa.RecordBatch],
-               cfg: LearnerSection, pad_id: int, temperature: float = 1.0) -> dict[str, float]:
-    """One clipped policy-gradient update over micro-batches.
+@dataclass
+class Trainer:
+    policy: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    learner: LearnerSection
+    algo: AlgorithmSection
+    pad_id: int
+    temperature: float
+    max_new_tokens: int
+    reference: PreTrainedModel | None = None
+    critic: ValueModel | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
 
-    The PPO "old" policy is the learner's current weights before this update. With one
-    optimiser step per batch those equal the weights of this very forward pass (gradients
-    accumulate over micro-batches before the step), so ``old = logprobs.detach()`` is
-    exact and saves a full no-grad forward pass. The TIS weight old/behaviour then
-    corrects for generator staleness and for numeric differences between engines.
-    """
-    ro = Rollouts.from_groups(groups)
-    adv = grpo_advantages(ro.rewards, eps=cfg.adv_eps).flatten()
-    device = next(model.parameters()).device
-    total_tokens = float(max(1, sum(len(r) for r in ro.response_ids)))
-    sums: dict[str, float] = {}
-    loss_total = 0.0
-    for idx in micro_batches(ro, cfg.micro_batch_size):
-        part = build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx],
-                           [ro.behaviour[i] for i in idx], pad_id).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            lp = sequence_logprobs(model, part, temperature)
-        loss, stats = policy_loss(lp, lp.detach(), part.behaviour_logprobs, adv[idx].to(device),
-                                  part.response_mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                  tis_cap=cfg.tis_cap)
-        weight = float(part.response_mask.sum()) / total_tokens
+    def __post_init__(self) -> None:
+        a = self.algo
+        self.kl_ctrl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
+                        if a.kl_controller == "adaptive" else FixedKLController(a.kl_coef))
+        self.device = next(self.policy.parameters()).device
+
+    def _batch(self, ro: Rollouts, idx: list[int]) -> TrainBatch:
+        beh = [ro.behaviour[i, :len(ro.response_ids[i])].tolist() for i in idx]
+        return build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx], beh,
+                           self.pad_id).to(self.device)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.learner.autocast_bf16)
+
+    @torch.no_grad()
+    def _phase_a(self, ro: Rollouts, chunks: list[list[int]]) -> tuple[Tensor | None, Tensor | None]:
+        N, T = ro.mask.shape
+        ref = torch.zeros(N, T) if self.reference is not None else None
+        values = torch.zeros(N, T) if self.critic is not None else None
+        for idx in chunks:
+            if ref is None and values is None:
+                break
+            tb = self._batch(ro, idx)
+            with self._autocast():
+                if ref is not None:
+                    ref[idx] = response_view(policy_forward(self.reference, tb, self.temperature)[0], tb, T).cpu()
+                if values is not None:
+                    values[idx] = response_view(self.critic(tb), tb, T).cpu()
+        return ref, values
+
+    def _token_rewards(self, ro: Rollouts, ref: Tensor | None, stats: dict[str, float]) -> Tensor:
+        a = self.algo
+        scores = ro.scores.clone()
+        if a.overlong_buffer:
+            pen = overlong_penalty(ro.lengths, self.max_new_tokens, a.overlong_buffer, a.overlong_factor)
+            stats["overlong_penalty_mean"] = float(pen.mean())
+            scores = scores + pen
+        rewards = outcome_token_rewards(scores, ro.mask)
+        if a.kl_in_reward:
+            assert ref is not None
+            kl = kl_penalty(ro.behaviour, ref, a.kl_reward_type) * ro.mask
+            kl_mean = float(kl.sum() / ro.mask.sum().clamp(min=1))
+            rewards = rewards - self.kl_ctrl.value * kl
+            stats.update(kl_reward=kl_mean, kl_coef=self.kl_ctrl.value)
+            self.kl_ctrl.update(kl_mean, len(ro.prompt_ids))
+        return rewards
+
+    def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
+        a = self.algo
+        ro = Rollouts.from_groups(groups, learner_version)
+        chunks = micro_batches(ro, self.learner.micro_batch_size)
+        stats: dict[str, float] = {}
+        ref, values = self._phase_a(ro, chunks)
+        rewards = self._token_rewards(ro, ref, stats)
+        adv, returns = get_estimator(a.advantage)(
+            rewards, ro.mask, index=ro.index, values=values, baselines=ro.baselines, gamma=a.gamma,
+            lam=a.lam, norm_by_std=a.norm_adv_by_std, eps=a.adv_eps)
+        sw, skeep = staleness_weights(ro.staleness, self.learner.max_staleness, a.stale_policy)
+        sums: Counter[str] = Counter()
+        maxes: dict[str, float] = {}
+        seq_level = a.loss_agg_mode != "token-mean"
+        total = float(len(ro.prompt_ids) if seq_level else ro.mask.sum().clamp(min=1))
+        for idx in chunks:
+            weight = (len(idx) if seq_level else float(ro.mask[idx].sum())) / total
+            part = self._micro_step(ro, idx, adv[idx], returns[idx], ref, values, sw[idx], skeep[idx], weight)
+            for k, v in part.items():
+                if k.endswith("_max"):
+                    maxes[k] = max(maxes.get(k, v), v)
+                else:
+                    sums[k] += v * weight
+        stats.update(self._optimizer_step())
+        stats.update(sums)
+        stats.update(maxes)
+        stats["advantage_abs_mean"] = float((adv.abs() * ro.mask).sum() / ro.mask.sum().clamp(min=1))
+        stats["response_len_mean"] = float(ro.lengths.mean())
+        stats["staleness_hist"] = dict(Counter(int(s) for s in ro.staleness.tolist()))
+        return stats
+
+    def _micro_step(self, ro: Rollouts, idx: list[int], adv: Tensor, returns: Tensor, ref: Tensor | None,
+                    values: Tensor | None, sw: Tensor, skeep: Tensor, weight: float) -> dict[str, float]:
+        a, T, dev = self.algo, ro.mask.shape[1], self.device
+        tb = self._batch(ro, idx)
+        mask, beh = ro.mask[idx].to(dev), ro.behaviour[idx].to(dev)
+        with self._autocast():
+            lp_grid, ent_grid = policy_forward(self.policy, tb, self.temperature, entropy=True)
+        lp, ent = response_view(lp_grid, tb, T), response_view(ent_grid, tb, T)
+        old = lp.detach()
+        w, keep, metrics = correction(old, beh, mask, mode=a.correction, cap=a.is_cap, lower=a.is_lower,
+                                      upper=a.is_upper)
+        w, keep = w * sw.to(dev).unsqueeze(1), keep * skeep.to(dev).unsqueeze(1)
+        loss, pm = get_policy_loss(a.loss)(lp, old, adv.to(dev), keep, is_weights=w, agg_mode=a.loss_agg_mode,
+                                           clip_low=a.clip_low, clip_high=a.clip_high, clip_c=a.clip_c)
+        metrics.update(pm)
+        n_tok = mask.sum().clamp(min=1)
+        metrics["entropy"] = float((ent.detach() * mask).sum() / n_tok)
+        metrics["logprob_abs_diff"] = float(((old - beh).abs() * mask).sum() / n_tok)
+        metrics["pg_loss"] = float(loss.detach())
+        if a.entropy_coef:
+            loss = loss - a.entropy_coef * entropy_bonus(ent, keep, a.loss_agg_mode)
+        if a.kl_loss_coef:
+            kl = agg_loss(kl_penalty(lp, ref[idx].to(dev), a.kl_loss_type), keep, a.loss_agg_mode)
+            loss = loss + a.kl_loss_coef * kl
+            metrics["kl_loss"] = float(kl.detach())
+        metrics["loss"] = float(loss.detach())
         (loss * weight).backward()
-        loss_total += float(loss) * weight
-        for k, v in stats.items():
-            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * weight
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    lens = [len(r) for r in ro.response_ids]
-    return {"loss": loss_total, "grad_norm": float(gn), "advantage_abs_mean": float(adv.abs().mean()),
-            "response_len_mean": sum(lens) / len(lens), **sums}
+        if self.critic is not None:
+            with self._autocast():
+                v = response_view(self.critic(tb), tb, T)
+            vl, vm = value_loss(v, values[idx].to(dev), returns.to(dev), mask, a.value_clip, a.loss_agg_mode)
+            (vl * weight).backward()
+            metrics.update(vm, value_loss=float(vl.detach()))
+        return metrics
+
+    def _optimizer_step(self) -> dict[str, float]:
+        out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm)}
+        if self.critic is not None and self.critic_optimizer is not None:
+            out["critic_grad_norm"] = _clip_and_step(self.critic, self.critic_optimizer, self.learner.max_grad_norm)
+        return out
 
 
-def micro_batches(ro: Rollouts, size: int) -> list[list[int]]:
-    """Sample indices in chunks of ``size``, sorted by length so each chunk pads little."""
-    order = sorted(range(len(ro.prompt_ids)), key=lambda i: len(ro.prompt_ids[i]) + len(ro.response_ids[i]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
+def _clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

@@ -16,10 +16,14 @@ from asyncrl.config import RunConfig, dump_config, parse_address
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
 from asyncrl.weight_sync import SyncGroup, default_backend, send_state, tensor_metas
+from learner.advantages import needs_baseline, needs_values
+from learner.critic import load_critic
+from learner.dapo import groups_with_signal
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
 from learner.model import broadcast_items, full_state_dict, load_policy, save_hf
-from learner.step import train_step
+
+from learner.step import Trainer
 
 log = logging.getLogger("learner")
 
@@ -55,19 +59,33 @@ class Learner:
             val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
             self.val_prompts = val[:cfg.learner.val_prompts]
         r, lr = cfg.rollout, cfg.learner
+        a = cfg.algorithm
+        sampling = Sampling(r.n, r.temperature, r.max_new_tokens, greedy_baseline=needs_baseline(a.advantage))
         self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
-                                     sampling=Sampling(r.n, r.temperature, r.max_new_tokens),
-                                     seed=cfg.run.seed, shuffle=cfg.data.shuffle)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr.lr, betas=lr.betas,
-                                           weight_decay=lr.weight_decay)
+                                     sampling=sampling, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+        self.trainer = self._build_trainer()
         self.io = LearnerIO(cfg, self.dispatcher)
         self.version = 0
         self.stale_dropped = 0
+        self.groups_filtered = 0
         self.sync_group: SyncGroup | None = None
         lg = cfg.logging
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
                                      wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
                                      config=dump_config(cfg))
+
+    def _build_trainer(self) -> Trainer:
+        cfg, lr, a = self.cfg, self.cfg.learner, self.cfg.algorithm
+        opt = torch.optim.AdamW(self.model.parameters(), lr=lr.lr, betas=lr.betas, weight_decay=lr.weight_decay)
+        reference = critic = critic_opt = None
+        if a.uses_reference:  # a frozen copy of the initial policy
+            reference, _ = load_policy(cfg.model.path, cfg.model.learner_dtype)
+            reference.requires_grad_(False).eval()
+        if needs_values(a.advantage):
+            critic = load_critic(cfg.model.path, cfg.model.learner_dtype)
+            critic_opt = torch.optim.AdamW(critic.parameters(), lr=a.critic_lr, betas=lr.betas)
+        return Trainer(self.model, opt, lr, a, self.pad_id, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+                       reference=reference, critic=critic, critic_optimizer=critic_opt)
 
     def connect_generators(self) -> None:
         """Form the weight-sync group with every generator and wait for their hellos."""
@@ -91,8 +109,7 @@ class Learner:
             for step in range(1, cfg.run.max_steps + 1):
                 groups = self._next_batch()
                 staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
-                stats = train_step(self.model, self.optimizer, groups, cfg.learner, self.pad_id,
-                                   cfg.rollout.temperature)
+                stats = self.trainer.step(groups, self.version)
                 self.version += 1
                 sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
                 now = time.perf_counter()
@@ -111,15 +128,33 @@ class Learner:
             self.metrics.close()
 
     def _next_batch(self) -> list:
-        cfg, B = self.cfg, self.cfg.learner.prompts_per_step
-        while True:
-            groups = self.io.wait_for(lambda: self.io.buffer.select(B, self.dispatcher.min_inflight_bound()),
-                                      cfg.learner.wait_timeout_s, f"{B} scored groups from the reward workers")
-            fresh = [g for g in groups
-                     if self.version - int(g.column("policy_version")[0].as_py()) <= cfg.learner.max_staleness]
-            self.stale_dropped += len(groups) - len(fresh)
-            if fresh:
-                return fresh
+        """The oldest ``prompts_per_step`` usable groups: too-stale ones dropped (policy ``drop``)
+        and, with DAPO dynamic sampling, groups whose rewards are all equal filtered out while
+        their slots are dispatched again until the batch is full."""
+        cfg, B, a = self.cfg, self.cfg.learner.prompts_per_step, self.cfg.algorithm
+        batch: list = []
+        while len(batch) < B:
+            k = B - len(batch)
+            groups = self.io.wait_for(lambda: self.io.buffer.select(k, self.dispatcher.min_inflight_bound()),
+                                      cfg.learner.wait_timeout_s, f"{k} scored groups from the reward workers")
+            if a.stale_policy == "drop":
+                fresh = [g for g in groups
+                         if self.version - int(g.column("policy_version")[0].as_py()) <= cfg.learner.max_staleness]
+                self.stale_dropped += len(groups) - len(fresh)
+                groups = fresh
+            if a.dynamic_sampling and groups:
+                rewards = [[float(r or 0.0) for r, b in zip(g.column("reward").to_pylist(),
+                                                             g.column("is_baseline").to_pylist()) if not b]
+                           for g in groups]
+                signal = groups_with_signal(torch.tensor(rewards)).tolist()
+                dropped = len(groups) - sum(signal)
+                if dropped:
+                    self.groups_filtered += dropped
+                    with self.io.cond:
+                        self.dispatcher.discard(dropped)
+                groups = [g for g, keep in zip(groups, signal) if keep]
+            batch += groups
+        return batch
 
     def sync_weights(self) -> float:
         """Broadcast the full state to every generator; return seconds until all serve it."""
@@ -158,7 +193,8 @@ class Learner:
 
     def _record(self, step: int, groups: list, staleness: list[int], stats: dict[str, float],
                 sync_s: float, step_s: float, time_s: float) -> dict[str, Any]:
-        rewards = [r for g in groups for r in g.column("reward").to_pylist()]
+        rewards = [r for g in groups for r, b in zip(g.column("reward").to_pylist(),
+                                                      g.column("is_baseline").to_pylist()) if not b]
         samples = len(rewards)
         tokens = sum(sum(g.column("response_token_ids").value_lengths().to_pylist()) for g in groups)
         errors = sum(g.num_rows - g.column("reward_error").null_count for g in groups)
@@ -170,7 +206,7 @@ class Learner:
             "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
             "tokens_per_s": tokens / max(step_s, 1e-9), "weight_sync_s": sync_s, "step_s": step_s,
             "sample_version_min": min(versions), "sample_version_max": max(versions),
-            "time_s": time_s, "stale_dropped": self.stale_dropped, "reward_errors": errors,
+            "time_s": time_s, "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered, "reward_errors": errors,
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
             **stats,
         }

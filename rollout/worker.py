@@ -123,16 +123,28 @@ class Generator:
             n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.rollout.top_p,
             max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
         version, start = self.version, time.time()
-        final = None
-        async for out in self.engine.generate({"prompt_token_ids": item["prompt_token_ids"]}, params,
-                                              request_id=f"g{self.index}-{item['group_id']}"):
-            final = out
-        assert final is not None and final.finished
-        rows = [self._row(item, c, version, start) for c in sorted(final.outputs, key=lambda c: c.index)]
+        jobs = [self._request(item, params, f"g{self.index}-{item['group_id']}")]
+        if item.get("greedy_baseline"):  # ReMax: one greedy reply per prompt as the baseline
+            greedy = SamplingParams(n=1, temperature=0.0, max_tokens=item["max_tokens"], logprobs=0,
+                                    output_kind=RequestOutputKind.FINAL_ONLY)
+            jobs.append(self._request(item, greedy, f"g{self.index}-{item['group_id']}-greedy"))
+        outputs = await asyncio.gather(*jobs)
+        rows = [self._row(item, c, version, start) for c in sorted(outputs[0].outputs, key=lambda c: c.index)]
+        if len(outputs) > 1:
+            rows.append({**self._row(item, outputs[1].outputs[0], version, start),
+                         "sample_index": item["n"], "is_baseline": True})
         await self.out.send(schema.encode_batch(schema.make_batch(rows)))
         self.groups_done += 1
         self.tokens_done += sum(len(r["response_token_ids"]) for r in rows)
         await self._send("credit", generator=self.index, version=self.version, count=1)
+
+    async def _request(self, item: dict[str, Any], params: Any, request_id: str) -> Any:
+        final = None
+        async for out in self.engine.generate({"prompt_token_ids": item["prompt_token_ids"]}, params,
+                                              request_id=request_id):
+            final = out
+        assert final is not None and final.finished
+        return final
 
     def _row(self, item: dict[str, Any], comp: Any, version: int, start: float) -> dict[str, Any]:
         ids = list(comp.token_ids)

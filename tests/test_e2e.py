@@ -57,3 +57,5 @@ def test_on_policy_logprobs_match(tiny_model_dir: Path, arith_dir: Path, tmp_pat
     diffs = [r["logprob_abs_diff"] for r in steps]
     print("mean |behaviour - learner| logprob per step:", diffs)
     assert max(diffs) < 1e-3
+    # on-policy: the importance ratios old/behaviour are 1 up to numerics
+    assert all(abs(r["is_ratio_max"] - 1.0) < 1e-2 for r in steps)
