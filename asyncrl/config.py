@@ -128,6 +128,8 @@ class AlgorithmSection(_Section):
     critic_lr: float = Field(1e-5, gt=0, description="gae: value model learning rate.")
     value_clip: float = Field(0.5, gt=0, description="gae: clip range of the value loss.")
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
+    dynamic_sampling_max_groups: int = Field(
+        10, ge=1, description="Fail if more than this many batches' worth of groups are filtered for one step.")
     overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty buffer (0: off).")
     overlong_factor: float = Field(1.0, ge=0)
     correction: Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled"] = "tis"

@@ -133,6 +133,7 @@ class Learner:
         their slots are dispatched again until the batch is full."""
         cfg, B, a = self.cfg, self.cfg.learner.prompts_per_step, self.cfg.algorithm
         batch: list = []
+        filtered_here = 0
         while len(batch) < B:
             k = B - len(batch)
             groups = self.io.wait_for(lambda: self.io.buffer.select(k, self.dispatcher.min_inflight_bound()),
@@ -150,6 +151,12 @@ class Learner:
                 dropped = len(groups) - sum(signal)
                 if dropped:
                     self.groups_filtered += dropped
+                    filtered_here += dropped
+                    if filtered_here > a.dynamic_sampling_max_groups * B:
+                        raise RuntimeError(
+                            f"dynamic sampling dropped {filtered_here} groups with equal rewards while filling one "
+                            f"batch (limit algorithm.dynamic_sampling_max_groups={a.dynamic_sampling_max_groups} x "
+                            f"{B}): the reward gives no signal for this policy/data")
                     with self.io.cond:
                         self.dispatcher.discard(dropped)
                 groups = [g for g, keep in zip(groups, signal) if keep]

@@ -31,3 +31,21 @@ def test_algorithm_learns(name: str, tiny_model_dir: Path, arith_dir: Path, tmp_
     last = sum(r["reward_mean"] for r in steps[-5:]) / 5
     print(f"{name}: reward {first:.3f} -> {last:.3f} in {steps[-1]['time_s']:.0f}s")
     assert last > first + 0.2, f"{name}: reward did not rise: {first:.3f} -> {last:.3f}"
+
+
+def test_remax_and_dapo_options_run_end_to_end(tiny_model_dir: Path, arith_dir: Path,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    """The paths the five configs do not take: generator greedy baselines (ReMax), dynamic
+    sampling with re-dispatch, the overlong penalty, KL loss to a reference, token masking."""
+    run_dir = tmp_path / "run"
+    ovs = _data_overrides(tiny_model_dir, arith_dir) + [
+        "learner.val_every=0", "algorithm.advantage=remax", "algorithm.loss=reinforce",
+        "algorithm.dynamic_sampling=true", "algorithm.overlong_buffer=4", "algorithm.kl_loss_coef=0.01",
+        "algorithm.correction=mis", "algorithm.entropy_coef=0.001"]
+    res = run_up(REPO / "configs" / "tiny_cpu.toml", run_dir, ovs, max_steps=8, timeout_s=300)
+    assert res.returncode == 0, res.stdout[-6000:]
+    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    assert len(steps) == 8
+    assert all(r["samples"] == 4 * 8 for r in steps)  # baselines scored but never trained
+    assert all("kl_loss" in r and "overlong_penalty_mean" in r and "is_masked_frac" in r for r in steps)
+    assert all(r["staleness_max"] <= 2 for r in steps)

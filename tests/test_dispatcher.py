@@ -92,3 +92,12 @@ def test_simulated_staleness_never_exceeds_bound(s: int, B: int, gens: int, seed
                     gen_version[g] = version
                     d.update(g, version)
     assert version > 20
+
+
+def test_discarded_groups_free_admission_slots() -> None:
+    d = _dispatcher(B=2, s=0)
+    d.update(b"g", version=0, credit=10)
+    assert len(d.take(b"g")) == 2
+    assert d.take(b"g") == []
+    d.discard(2)  # dynamic sampling dropped both: two more may go out at the same version
+    assert len(d.take(b"g")) == 2
