@@ -87,11 +87,13 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path) -> 
         sender.join()
         after = await _greedy(live, "after")
         live.shutdown()
+        del live  # finalise now, not at interpreter exit when vLLM's module globals are gone
         fresh_cfg = cfg.model_copy(deep=True)
         fresh_cfg.model.path = tmp_path / "updated"
         fresh = build_engine(fresh_cfg, seed=0)
         ref = await _greedy(fresh, "fresh")
         fresh.shutdown()
+        del fresh
         return before, after, ref
 
     before, after, ref = asyncio.run(scenario())
