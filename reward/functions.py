@@ -1,17 +1,27 @@
 """Rule-based reward functions, looked up by name.
 
 Every function has the signature ``(data_source, response, ground_truth, extra_info) ->
-float``. :data:`REWARD_FUNCTIONS` maps names to functions; :func:`get_reward_fn` also
-accepts ``"package.module:function"`` for user functions with the same signature, and
-:func:`default_reward_name` picks a function from a row's ``data_source``.
+float`` (or a veRL-style dict with a ``"score"``). :data:`REWARD_FUNCTIONS` maps names to
+functions (``math`` lives in :mod:`reward.math_reward`); :func:`get_reward_fn` also
+accepts user functions as ``"package.module:function"`` or ``"path/to/file.py:function"``
+(checked to accept those four positional arguments), and :func:`default_reward_name`
+picks a function from a row's ``data_source`` as veRL does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import inspect
 import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from reward.math_reward import math_score
 
 RewardFn = Callable[[str, str, str, dict[str, Any]], float]
 
@@ -88,9 +98,21 @@ def toy_digits(data_source: str, response: str, ground_truth: str, extra_info: d
     return sum(c in "0123456789" for c in chars) / len(chars) if chars else 0.0
 
 
-REWARD_FUNCTIONS: dict[str, RewardFn] = {"gsm8k": gsm8k, "arith": arith, "toy_digits": toy_digits}
+REWARD_FUNCTIONS: dict[str, RewardFn] = {
+    "gsm8k": gsm8k,
+    "math": math_score,
+    "arith": arith,
+    "toy_digits": toy_digits,
+}
 
-DEFAULT_BY_DATA_SOURCE = {"openai/gsm8k": "gsm8k", "gsm8k": "gsm8k", "arith": "arith"}
+# veRL's verl/utils/reward_score/__init__.py::default_compute_score routes these the same way.
+MATH_DATA_SOURCES = ("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math")
+DEFAULT_BY_DATA_SOURCE = {
+    "openai/gsm8k": "gsm8k",
+    "gsm8k": "gsm8k",
+    "arith": "arith",
+    **{source: "math" for source in MATH_DATA_SOURCES},
+}
 
 
 def default_reward_name(data_source: str) -> str:
@@ -105,17 +127,82 @@ def default_reward_name(data_source: str) -> str:
 
 
 def get_reward_fn(name: str) -> RewardFn:
-    """A registered function by name, or ``"module:function"`` imported from a module."""
+    """A registered function by name, or a user function ``"module:function"`` or ``"file.py:function"``.
+
+    Raises :class:`UnknownRewardError` naming the module or file and the function when it
+    cannot be loaded, is not callable, or cannot take ``(data_source, response,
+    ground_truth, extra_info)`` positionally.
+    """
     if name in REWARD_FUNCTIONS:
         return REWARD_FUNCTIONS[name]
     known = ", ".join(sorted(REWARD_FUNCTIONS))
-    if ":" not in name:
-        raise UnknownRewardError(f"unknown reward function {name!r}; known: {known}, or 'package.module:function'")
-    module_name, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownRewardError(f"cannot load reward function {name!r}: {exc}") from exc
-    if not callable(fn):
-        raise UnknownRewardError(f"reward function {name!r} is not callable")
+    source, _, attr = name.rpartition(":")
+    if not source or not attr:
+        raise UnknownRewardError(
+            f"unknown reward function {name!r}; known: {known}, or 'package.module:function' "
+            f"or 'path/to/file.py:function'"
+        )
+    if _is_path(source):
+        module, where = _load_file(source, name), f"file {source}"
+    else:
+        try:
+            module = importlib.import_module(source)
+        except Exception as exc:  # ImportError, or whatever the module raises on import
+            raise UnknownRewardError(f"cannot load reward function {name!r}: {type(exc).__name__}: {exc}") from exc
+        where = f"module {source}"
+    fn = getattr(module, attr, None)
+    if fn is None:
+        defined = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
+        raise UnknownRewardError(
+            f"reward function {name!r}: {where} has no function {attr!r} "
+            f"(functions there: {', '.join(defined) or 'none'})"
+        )
+    _check_signature(fn, name)
     return fn
+
+
+def _is_path(source: str) -> bool:
+    return source.endswith(".py") or "/" in source or "\\" in source or source.startswith("~")
+
+
+_FILE_MODULES: dict[Path, ModuleType] = {}
+
+
+def _load_file(source: str, name: str) -> ModuleType:
+    """Import a reward file by path (relative paths from the working directory), once per process."""
+    path = Path(source).expanduser().resolve()
+    if path in _FILE_MODULES:
+        return _FILE_MODULES[path]
+    if not path.is_file():
+        raise UnknownRewardError(f"reward function {name!r}: file not found: {path}")
+    module_name = f"asyncrl_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UnknownRewardError(f"reward function {name!r}: cannot import {path} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a syntax error or anything the file raises on import
+        del sys.modules[module_name]
+        raise UnknownRewardError(
+            f"reward function {name!r}: importing {path} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    _FILE_MODULES[path] = module
+    return module
+
+
+def _check_signature(fn: Any, name: str) -> None:
+    if not callable(fn):
+        raise UnknownRewardError(f"reward function {name!r} is not callable (it is a {type(fn).__name__})")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return
+    try:
+        signature.bind("data_source", "response", "ground_truth", {})
+    except TypeError as exc:
+        raise UnknownRewardError(
+            f"reward function {name!r} has signature {signature}, but must accept 4 positional arguments "
+            f"(data_source, response, ground_truth, extra_info): {exc}"
+        ) from None

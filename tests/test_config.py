@@ -80,6 +80,7 @@ def test_cli_missing_data_column_exits_2(tmp_path: Path, tiny_model_dir: Path) -
 
 def test_help_for_every_command() -> None:
     for cmd in ([], ["up"], ["learner"], ["rollout"], ["reward"], ["data"], ["model"],
-                ["data", "arith"], ["data", "gsm8k"], ["model", "tiny"], ["model", "import-gguf"]):
+                ["data", "arith"], ["data", "gsm8k"], ["data", "math"], ["data", "custom"], ["data", "inspect"],
+                ["model", "tiny"], ["model", "import-gguf"]):
         res = _cli(*cmd, "--help")
         assert res.returncode == 0 and "Usage" in res.stdout, (cmd, res.stderr)

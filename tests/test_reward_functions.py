@@ -73,10 +73,10 @@ def test_registry_and_defaults() -> None:
     assert get_reward_fn("gsm8k") is gsm8k
     assert default_reward_name("openai/gsm8k") == default_reward_name("gsm8k") == "gsm8k"
     assert default_reward_name("arith") == "arith"
-    with pytest.raises(KeyError, match="unknown reward function 'nope'; known: arith, gsm8k, toy_digits"):
+    with pytest.raises(KeyError, match="unknown reward function 'nope'; known: arith, gsm8k, math, toy_digits"):
         get_reward_fn("nope")
-    with pytest.raises(UnknownRewardError, match="data_source 'math'"):
-        default_reward_name("math")
+    with pytest.raises(UnknownRewardError, match="data_source 'mystery'"):
+        default_reward_name("mystery")
     with pytest.raises(UnknownRewardError, match="no_such_module"):
         get_reward_fn("no_such_module:fn")
     assert math.isnan(get_reward_fn(f"{T}:nan")("", "", "", {}))  # module:function loads in-process too
