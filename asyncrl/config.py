@@ -67,11 +67,25 @@ class RolloutSection(_Section):
 
 
 class RewardSection(_Section):
-    """Reward workers: function rewards chosen by data_source or forced by name."""
+    """Reward workers: function rewards chosen by data_source (or forced), a reward model, or both."""
 
     num_workers: int = Field(1, ge=1)
-    function: str | None = Field(None, description="Force one reward function for every sample.")
+    type: Literal["function", "model", "mixed"] = Field(
+        "function", description="mixed: function_weight * function + model_weight * model score.")
+    function: str | None = Field(None, description="Force one reward function for every sample "
+                                 "(registry name, module:function or path/to/file.py:function).")
     timeout_s: float = Field(5.0, gt=0, description="Per-sample limit; a hung function scores 0.")
+    model_path: Path | None = Field(None, description="HF sequence-classification reward model directory.")
+    model_batch_size: int = Field(16, ge=1)
+    model_max_tokens: int = Field(2048, ge=8, description="Prompt+response tokens scored (left-truncated).")
+    function_weight: float = 1.0
+    model_weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _check_model(self) -> "RewardSection":
+        if self.type != "function" and self.model_path is None:
+            raise ValueError(f"reward.type={self.type!r} needs reward.model_path")
+        return self
 
 
 class LearnerSection(_Section):

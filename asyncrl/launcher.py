@@ -54,6 +54,8 @@ def check_inputs(cfg: RunConfig) -> None:
             get_reward_fn(cfg.reward.function)
         except Exception as e:  # unknown name, import error, missing attribute
             raise DataError(f"reward.function: {e}") from None
+    if cfg.reward.model_path is not None and not (cfg.reward.model_path / "config.json").is_file():
+        raise DataError(f"reward.model_path: {cfg.reward.model_path} is not an HF model directory (no config.json)")
     if not (cfg.model.path / "config.json").is_file():
         raise DataError(f"model.path: {cfg.model.path} is not an HF model directory (no config.json)")
     for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):

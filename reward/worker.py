@@ -27,9 +27,16 @@ log = logging.getLogger("reward")
 class RewardWorker:
     def __init__(self, cfg: RunConfig, index: int) -> None:
         self.cfg, self.index = cfg, index
-        if cfg.reward.function is not None:
-            get_reward_fn(cfg.reward.function)  # fail now on an unknown name
-        self.caller = SafeRewardCaller(timeout_s=cfg.reward.timeout_s)
+        r = cfg.reward
+        if r.function is not None:
+            get_reward_fn(r.function)  # fail now on an unknown name
+        self.caller = SafeRewardCaller(timeout_s=r.timeout_s) if r.type != "model" else None
+        self.scorer = None
+        if r.type != "function":
+            from reward.model_scorer import ModelScorer
+            assert r.model_path is not None
+            self.scorer = ModelScorer(r.model_path, cfg.model.path, batch_size=r.model_batch_size,
+                                      max_tokens=r.model_max_tokens)
         self.drops = DropCounter(f"reward worker {index}")
         self.ctx = zmq.Context()
         t, mb = cfg.transport, cfg.transport.max_message_mb
@@ -44,6 +51,20 @@ class RewardWorker:
         return self.cfg.reward.function or default_reward_name(data_source)
 
     def score(self, batch) -> tuple[list[float], list[str | None]]:
+        """Function rewards, model scores, or their weighted sum (reward.type)."""
+        r = self.cfg.reward
+        rewards, errors = [0.0] * batch.num_rows, [None] * batch.num_rows
+        if self.caller is not None:
+            rewards, errors = self._function_rewards(batch)
+            rewards = [r.function_weight * x for x in rewards] if r.type == "mixed" else rewards
+        if self.scorer is not None:
+            scores = self.scorer.score(batch.column("prompt_token_ids").to_pylist(),
+                                       batch.column("response_text").to_pylist())
+            w = r.model_weight if r.type == "mixed" else 1.0
+            rewards = [x + w * s for x, s in zip(rewards, scores)] if r.type == "mixed" else scores
+        return rewards, errors
+
+    def _function_rewards(self, batch) -> tuple[list[float], list[str | None]]:
         items = []
         for row in batch.select(["data_source", "response_text", "ground_truth"]).to_pylist():
             try:
@@ -79,7 +100,8 @@ class RewardWorker:
                 last_log = time.monotonic()
 
     def close(self) -> None:
-        self.caller.close()
+        if self.caller is not None:
+            self.caller.close()
         self.ctx.destroy(linger=2000)
 
 
