@@ -96,7 +96,12 @@ class LearnerSection(_Section):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward pass.")
+    micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
+    max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="Token budget per forward/backward pass (packed: sum of lengths; padded: "
+        "count x longest). None: only micro_batch_size limits a micro-batch.")
+    packing: bool = Field(True, description="Pack samples back to back in one row (no pad tokens); "
+                          "False: one right-padded row per sample.")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")

@@ -1,13 +1,21 @@
-"""Pack per-sample (prompt, response, behaviour logprobs) lists into padded tensors.
+"""Lay per-sample (prompt, response, behaviour logprobs) lists out as model-ready tensors.
 
-Alignment convention, used by every tensor of length ``L - 1``: position ``t`` holds
-quantities for predicting ``input_ids[t + 1]`` from the prefix ``input_ids[: t + 1]``.
-So for a sample with prompt length ``p`` and response length ``r``, the response
-targets sit at positions ``p - 1 .. p + r - 2``. Feed ``model(...).logits[:, :-1]``
-and ``targets`` to :func:`learner.algo.token_logprobs` to get logprobs on that grid.
+Two layouts, one set of fields:
 
-Right padding keeps every real token at the same index it has unpadded, so with
-``position_ids`` counting from 0 a causal model sees exactly the unpadded computation.
+* **padded** (``packed=False``): one sample per row, right-padded, with an attention mask.
+* **packed** (``packed=True``): every sample back to back in a single row, no padding at
+  all. ``attention_mask`` is ``None`` and ``position_ids`` restart at 0 for each sample;
+  transformers then builds a block-diagonal causal mask from the position ids (and
+  flash-attention varlen uses the same signal on GPU), so each sample attends only to
+  itself and the computation equals the padded one, minus the pad tokens.
+
+Sample ``i`` sits in row ``rows[i]`` starting at column ``offsets[i]``.
+
+Alignment convention, used by every tensor of width ``L - 1``: position ``t`` holds
+quantities for predicting ``input_ids[t + 1]`` from the prefix up to ``t``. For a sample
+with prompt length ``p`` and response length ``r`` at offset ``o``, the response targets
+sit at positions ``o + p - 1 .. o + p + r - 2``. Feed ``model(...).logits[:, :-1]`` and
+``targets`` to :func:`learner.algo.token_logprobs` to get logprobs on that grid.
 """
 
 from __future__ import annotations
@@ -20,58 +28,57 @@ from torch import Tensor
 
 @dataclass
 class TrainBatch:
-    """A right-padded training batch.
+    """A padded or packed training batch (see the module docstring).
 
     Attributes:
-        input_ids: ``[B, L]`` int64, prompt + response, padded with ``pad_id``.
-        attention_mask: ``[B, L]`` int64, 1 on real tokens.
-        position_ids: ``[B, L]`` int64, 0.. on real tokens, 0 on padding.
-        targets: ``[B, L-1]`` int64, ``input_ids[:, 1:]``.
-        response_mask: ``[B, L-1]`` float32, 1 where the target is a response token.
-        behaviour_logprobs: ``[B, L-1]`` float32, generator logprobs at response
-            targets, 0 elsewhere.
-        prompt_lens, response_lens: ``[B]`` int64, per-sample lengths.
+        input_ids: ``[R, L]`` int64, prompt + response tokens (padded with ``pad_id``).
+        attention_mask: ``[R, L]`` int64, 1 on real tokens; ``None`` when packed.
+        position_ids: ``[R, L]`` int64, 0.. within each sample, 0 on padding.
+        targets: ``[R, L-1]`` int64, ``input_ids[:, 1:]``.
+        response_mask: ``[R, L-1]`` float32, 1 where the target is a response token.
+        behaviour_logprobs: ``[R, L-1]`` float32, generator logprobs at response targets.
+        prompt_lens, response_lens: ``[N]`` int64, per-sample lengths.
+        rows, offsets: ``[N]`` int64, where each sample starts.
     """
 
     input_ids: Tensor
-    attention_mask: Tensor
+    attention_mask: Tensor | None
     position_ids: Tensor
     targets: Tensor
     response_mask: Tensor
     behaviour_logprobs: Tensor
     prompt_lens: Tensor
     response_lens: Tensor
+    rows: Tensor
+    offsets: Tensor
+
+    @property
+    def packed(self) -> bool:
+        return self.attention_mask is None
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the model computes on (padding included)."""
+        return int(self.input_ids.numel())
 
     def to(self, device: torch.device | str) -> "TrainBatch":
         """A copy with every tensor on ``device``."""
-        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                             for f in fields(self)})
+
+    def response_starts(self) -> Tensor:
+        """``[N]`` grid column predicting each sample's first response token."""
+        return self.offsets + self.prompt_lens - 1
 
     def gather_response(self, values: Tensor) -> list[list[float]]:
-        """Per-sample response values from a ``[B, L-1]`` grid (inverse of placement)."""
-        return gather_response(values, self.prompt_lens, self.response_lens)
+        """Per-sample response values from a ``[R, L-1]`` grid (inverse of placement)."""
+        grid = values.detach().float().cpu()
+        starts, rows = self.response_starts().tolist(), self.rows.tolist()
+        return [grid[row, s: s + r].tolist() for row, s, r in zip(rows, starts, self.response_lens.tolist())]
 
 
-def gather_response(values: Tensor, prompt_lens: Tensor, response_lens: Tensor) -> list[list[float]]:
-    """Slice each row's response positions ``p-1 .. p+r-2`` out of ``values [B, L-1]``."""
-    rows = values.detach().float().cpu()
-    out = []
-    for b, (p, r) in enumerate(zip(prompt_lens.tolist(), response_lens.tolist())):
-        out.append(rows[b, p - 1: p - 1 + r].tolist())
-    return out
-
-
-def build_batch(
-    prompt_ids: list[list[int]],
-    response_ids: list[list[int]],
-    behaviour_logprobs: list[list[float]],
-    pad_id: int,
-) -> TrainBatch:
-    """Right-pad prompt+response sequences and place behaviour logprobs on the target grid.
-
-    Empty responses are allowed: that row's ``response_mask`` is all zero, so it adds
-    nothing to a token-mean loss. Every prompt must have at least one token, since the
-    first response token is predicted from the last prompt position.
-    """
+def _check(prompt_ids: list[list[int]], response_ids: list[list[int]],
+           behaviour_logprobs: list[list[float]]) -> None:
     if not (len(prompt_ids) == len(response_ids) == len(behaviour_logprobs)):
         raise ValueError(
             f"batch lists differ in length: {len(prompt_ids)} prompts, "
@@ -84,31 +91,55 @@ def build_batch(
         if len(lp) != len(r):
             raise ValueError(f"sample {i}: {len(r)} response tokens but {len(lp)} behaviour logprobs")
 
-    B = len(prompt_ids)
-    L = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, L), dtype=torch.long)
-    position_ids = torch.zeros((B, L), dtype=torch.long)
-    response_mask = torch.zeros((B, L - 1), dtype=torch.float32)
-    behaviour = torch.zeros((B, L - 1), dtype=torch.float32)
 
-    for b, (p, r, lp) in enumerate(zip(prompt_ids, response_ids, behaviour_logprobs)):
-        n = len(p) + len(r)
-        input_ids[b, :n] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[b, :n] = 1
-        position_ids[b, :n] = torch.arange(n)
+def build_batch(
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    behaviour_logprobs: list[list[float]],
+    pad_id: int,
+    packed: bool = False,
+) -> TrainBatch:
+    """Lay samples out padded (one per row) or packed (all in one row).
+
+    Empty responses are allowed: that sample's ``response_mask`` is all zero, so it adds
+    nothing to a token-mean loss. Every prompt must have at least one token, since the
+    first response token is predicted from the last prompt position.
+    """
+    _check(prompt_ids, response_ids, behaviour_logprobs)
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    n = len(lengths)
+    if packed:
+        rows = [0] * n
+        offsets = [sum(lengths[:i]) for i in range(n)]
+        R, L = 1, sum(lengths)
+    else:
+        rows, offsets = list(range(n)), [0] * n
+        R, L = n, max(lengths)
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    attention_mask = None if packed else torch.zeros((R, L), dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    response_mask = torch.zeros((R, max(L - 1, 1)), dtype=torch.float32)
+    behaviour = torch.zeros((R, max(L - 1, 1)), dtype=torch.float32)
+
+    for p, r, lp, row, off, m in zip(prompt_ids, response_ids, behaviour_logprobs, rows, offsets, lengths):
+        input_ids[row, off:off + m] = torch.tensor(p + r, dtype=torch.long)
+        position_ids[row, off:off + m] = torch.arange(m)
+        if attention_mask is not None:
+            attention_mask[row, off:off + m] = 1
         if r:
-            start = len(p) - 1  # this position predicts the first response token
-            response_mask[b, start: start + len(r)] = 1.0
-            behaviour[b, start: start + len(r)] = torch.tensor(lp, dtype=torch.float32)
+            start = off + len(p) - 1  # this position predicts the first response token
+            response_mask[row, start: start + len(r)] = 1.0
+            behaviour[row, start: start + len(r)] = torch.tensor(lp, dtype=torch.float32)
 
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         targets=input_ids[:, 1:].clone(),
-        response_mask=response_mask,
-        behaviour_logprobs=behaviour,
+        response_mask=response_mask[:, :L - 1],
+        behaviour_logprobs=behaviour[:, :L - 1],
         prompt_lens=torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),
         response_lens=torch.tensor([len(r) for r in response_ids], dtype=torch.long),
+        rows=torch.tensor(rows, dtype=torch.long),
+        offsets=torch.tensor(offsets, dtype=torch.long),
     )

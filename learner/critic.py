@@ -24,7 +24,7 @@ class ValueModel(nn.Module):
 
     def forward(self, tb: TrainBatch) -> Tensor:
         hidden = self.backbone(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                               position_ids=tb.position_ids).last_hidden_state
+                               position_ids=tb.position_ids, use_cache=False).last_hidden_state
         return self.head(hidden).squeeze(-1)[:, :-1].float().clone()  # [b, L-1], aligned with targets
 
 

@@ -61,10 +61,11 @@ class Rollouts:
 
 
 def response_view(grid: Tensor, tb: TrainBatch, T: int) -> Tensor:
-    """``[b, L-1]`` next-token grid → ``[b, T]`` left-aligned response tokens (0 past each end)."""
-    b, width = grid.shape
-    idx = (tb.prompt_lens - 1).unsqueeze(1) + torch.arange(T, device=grid.device).unsqueeze(0)
-    out = grid.gather(1, idx.clamp(max=width - 1))
+    """``[R, L-1]`` next-token grid (padded or packed) → ``[n, T]`` left-aligned response
+    tokens of each sample (0 past each end)."""
+    width = grid.shape[1]
+    idx = tb.response_starts().unsqueeze(1) + torch.arange(T, device=grid.device).unsqueeze(0)
+    out = grid[tb.rows].gather(1, idx.clamp(max=width - 1))
     valid = torch.arange(T, device=grid.device).unsqueeze(0) < tb.response_lens.unsqueeze(1)
     return out * valid
 
@@ -78,7 +79,5 @@ def outcome_token_rewards(scores: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
-def micro_batches(ro: Rollouts, size: int) -> list[list[int]]:
-    """Sample indices in chunks of ``size``, sorted by length so each chunk pads little."""
-    order = sorted(range(len(ro.prompt_ids)), key=lambda i: len(ro.prompt_ids[i]) + len(ro.response_ids[i]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
+def sample_lengths(ro: Rollouts) -> list[int]:
+    return [len(p) + len(r) for p, r in zip(ro.prompt_ids, ro.response_ids)]

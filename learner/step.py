@@ -32,7 +32,8 @@ from learner.dapo import overlong_penalty
 from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
-from learner.rollouts import Rollouts, micro_batches, outcome_token_rewards, response_view
+from learner.microbatch import micro_batches
+from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
 def policy_forward(model: PreTrainedModel, tb: TrainBatch, temperature: float,
@@ -42,7 +43,8 @@ def policy_forward(model: PreTrainedModel, tb: TrainBatch, temperature: float,
     The generators report log-probs of the distribution they sampled from (logits / T), so
     the learner scores the same tempered distribution; otherwise every IS ratio would be off.
     """
-    out = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids)
+    out = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                use_cache=False)  # a cache would switch off packed-sequence masking
     logits = out.logits[:, :-1]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -71,7 +73,7 @@ class Trainer:
     def _batch(self, ro: Rollouts, idx: list[int]) -> TrainBatch:
         beh = [ro.behaviour[i, :len(ro.response_ids[i])].tolist() for i in idx]
         return build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx], beh,
-                           self.pad_id).to(self.device)
+                           self.pad_id, packed=self.learner.packing).to(self.device)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.learner.autocast_bf16)
@@ -112,7 +114,9 @@ class Trainer:
     def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
         a = self.algo
         ro = Rollouts.from_groups(groups, learner_version)
-        chunks = micro_batches(ro, self.learner.micro_batch_size)
+        lr = self.learner
+        chunks = micro_batches(sample_lengths(ro), max_samples=lr.micro_batch_size,
+                               max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
         stats: dict[str, float] = {}
         ref, values = self._phase_a(ro, chunks)
         rewards = self._token_rewards(ro, ref, stats)

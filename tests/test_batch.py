@@ -62,3 +62,36 @@ def test_padded_logprobs_equal_unpadded_on_tiny_llama():
             want = lp[len(p) - 1:].tolist()
             assert len(got) == len(want) == len(r)
             assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_packed_layout_places_samples_back_to_back():
+    b = build_batch([[1, 2], [3]], [[4], [5, 6]], [[-0.5], [-1.0, -2.0]], pad_id=0, packed=True)
+    assert b.packed and b.attention_mask is None
+    assert b.input_ids.tolist() == [[1, 2, 4, 3, 5, 6]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 0, 1, 2]]
+    assert b.offsets.tolist() == [0, 3] and b.rows.tolist() == [0, 0]
+    assert b.response_mask.tolist() == [[0, 1, 0, 1, 1]]
+    assert b.gather_response(b.behaviour_logprobs) == [[-0.5], [-1.0, -2.0]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logprobs_equal_padded_on_tiny_llama(attn):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128,
+                      num_hidden_layers=2, vocab_size=50, attn_implementation=attn)
+    model = LlamaForCausalLM(cfg).eval()
+    prompts = [[3, 4, 5, 6], [7], [8, 9], [10, 11, 12], [1]]
+    responses = [[13, 14], [15, 16, 17, 18, 19], [20], [], [2, 2, 2]]
+    zeros = [[0.0] * len(r) for r in responses]
+    out = {}
+    for packed in (False, True):
+        b = build_batch(prompts, responses, zeros, pad_id=0, packed=packed)
+        with torch.no_grad():
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                           position_ids=b.position_ids, use_cache=False).logits[:, :-1]
+        out[packed] = b.gather_response(token_logprobs(logits, b.targets))
+    assert [len(x) for x in out[True]] == [len(r) for r in responses]
+    for a, p in zip(out[False], out[True]):
+        assert p == pytest.approx(a, abs=1e-5)

@@ -1,0 +1,53 @@
+"""Micro-batches built by a token budget, and balanced shares for data-parallel ranks.
+
+A micro-batch is a list of sample indices. With a token budget, samples are taken in
+length order and a micro-batch closes when one more sample would exceed the budget:
+the packed cost of a micro-batch is the sum of its lengths, the padded cost is
+``count * longest``. A sample longer than the budget gets a micro-batch of its own.
+"""
+
+from __future__ import annotations
+
+
+def cost(lengths: list[int], idx: list[int], packed: bool) -> int:
+    """Tokens a forward pass over ``idx`` computes on."""
+    if not idx:
+        return 0
+    return sum(lengths[i] for i in idx) if packed else len(idx) * max(lengths[i] for i in idx)
+
+
+def micro_batches(lengths: list[int], *, max_samples: int, max_tokens: int | None = None,
+                  packed: bool = False) -> list[list[int]]:
+    """Indices grouped by length so each micro-batch pads little (or packs to the budget).
+
+    ``max_samples`` always caps a micro-batch; ``max_tokens`` (when set) caps its cost.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        over_count = len(cur) >= max_samples
+        over_tokens = max_tokens is not None and cur and cost(lengths, cur + [i], packed) > max_tokens
+        if cur and (over_count or over_tokens):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def split_for_ranks(lengths: list[int], world_size: int) -> list[list[int]]:
+    """Share samples among ranks so each gets a similar number of tokens (greedy, longest
+    first onto the lightest rank); every rank gets at least one sample when there are enough."""
+    if world_size <= 1:
+        return [list(range(len(lengths)))]
+    if len(lengths) < world_size:
+        raise ValueError(f"{len(lengths)} samples cannot be shared among {world_size} ranks")
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    loads = [0] * world_size
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(world_size), key=lambda k: (loads[k], len(shares[k])))
+        shares[r].append(i)
+        loads[r] += lengths[i]
+    return [sorted(s) for s in shares]
