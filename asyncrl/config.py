@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -290,22 +290,27 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a TOML config. Raises ConfigError with key paths."""
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, schema: type[C] = RunConfig) -> C:  # type: ignore[assignment]
+    """Read, override and validate a TOML config against ``schema`` (the RL run by default;
+    :mod:`asyncrl.train_config` holds the SFT and reward-model ones). Raises ConfigError
+    with key paths."""
     path = Path(path)
     data = _read_toml(path.resolve())
     for ov in overrides or []:
         apply_override(data, ov)
-    return validate_config(data, source=str(path))
+    return validate_config(data, source=str(path), schema=schema)
 
 
-def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+def validate_config(data: dict[str, Any], source: str = "config", schema: type[C] = RunConfig) -> C:  # type: ignore[assignment]
     try:
-        return RunConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
 
 
-def dump_config(cfg: RunConfig) -> dict[str, Any]:
+def dump_config(cfg: BaseModel) -> dict[str, Any]:
     """JSON-able dict of a config (paths as strings), for handing to child processes."""
     return cfg.model_dump(mode="json")

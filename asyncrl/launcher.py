@@ -46,7 +46,7 @@ def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> li
 def check_inputs(cfg: RunConfig) -> None:
     """Fail before any process starts when the model or data files are unusable."""
     from asyncrl.data.dataset import load_prompts
-    from asyncrl.data.schema import DataError
+    from asyncrl.data.schema import DataError, require_model_dir
 
     if cfg.reward.function is not None:
         from reward.functions import get_reward_fn
@@ -54,10 +54,9 @@ def check_inputs(cfg: RunConfig) -> None:
             get_reward_fn(cfg.reward.function)
         except Exception as e:  # unknown name, import error, missing attribute
             raise DataError(f"reward.function: {e}") from None
-    if cfg.reward.model_path is not None and not (cfg.reward.model_path / "config.json").is_file():
-        raise DataError(f"reward.model_path: {cfg.reward.model_path} is not an HF model directory (no config.json)")
-    if not (cfg.model.path / "config.json").is_file():
-        raise DataError(f"model.path: {cfg.model.path} is not an HF model directory (no config.json)")
+    if cfg.reward.model_path is not None:
+        require_model_dir(cfg.reward.model_path, "reward.model_path")
+    require_model_dir(cfg.model.path, "model.path")
     for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
         if path is not None:
             try:

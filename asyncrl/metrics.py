@@ -72,11 +72,13 @@ class MetricsLogger:
         wandb_project: str = "asyncrl",
         wandb_mode: str = "offline",
         config: dict | None = None,
+        progress_keys: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.max_steps = max_steps
+        self.progress_keys = progress_keys or PROGRESS_KEYS
         self._file = self.path.open("a", encoding="utf-8")
         self._wandb_run = None
         if wandb_enabled:
@@ -99,7 +101,7 @@ class MetricsLogger:
 
     def summary(self, record: dict[str, Any]) -> str:
         """The one-line console text: ``reward_mean=… staleness=… samples/s=…``."""
-        return " ".join(f"{label}={_fmt(_pick(record, keys))}" for label, keys in PROGRESS_KEYS.items())
+        return " ".join(f"{label}={_fmt(_pick(record, keys))}" for label, keys in self.progress_keys.items())
 
     def log(self, record: dict[str, Any]) -> None:
         """Write one record (a flat or nested dict; ``step`` drives the progress bar)."""

@@ -58,16 +58,23 @@ def arith(
     seed: int = typer.Option(0, help="Seed of the problem draw."),
     max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after the draw."),
     tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    kind: str = typer.Option("rl", "--kind", help="rl: prompts + ground truth (veRL schema); sft: prompt + "
+                             "worked response; preference: prompt + chosen (right) + rejected (wrong answer)."),
 ) -> None:
     """Synthetic arithmetic ("What is 7 + 5?"), answered after '####'."""
-    from asyncrl.data.arith import write_arith
+    from asyncrl.data.arith import write_arith, write_arith_supervised
     from asyncrl.data.filter import make_filter
 
     try:
+        draw = dict(n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value, ops=ops, seed=seed)
+        if kind != "rl":
+            if max_prompt_tokens is not None:
+                raise ValueError("--max-prompt-tokens applies to --kind rl only")
+            for p in write_arith_supervised(out, kind, **draw):
+                typer.echo(f"wrote {p}")
+            return
         length_filter = make_filter(max_prompt_tokens, tokenizer)
-        paths = write_arith(
-            out, n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value, ops=ops, seed=seed
-        )
+        paths = write_arith(out, **draw)
         _report(paths, length_filter)
     except (ValueError, OSError) as exc:
         _fail("arith", exc)

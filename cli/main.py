@@ -6,7 +6,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -26,13 +26,18 @@ except ImportError:  # pragma: no cover - only while a sub-app is missing
 SET_HELP = "Override any key, e.g. --set learner.lr=1e-5 (repeatable)."
 
 
-def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
-          max_steps: Optional[int] = None) -> tuple[RunConfig, list[str]]:
+def _overrides(sets: list[str], run_dir: Optional[Path], max_steps: Optional[int]) -> list[str]:
     overrides = list(sets)
     if run_dir is not None:
         overrides.append(f"run.dir={run_dir}")
     if max_steps is not None:
         overrides.append(f"run.max_steps={max_steps}")
+    return overrides
+
+
+def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
+          max_steps: Optional[int] = None) -> tuple[RunConfig, list[str]]:
+    overrides = _overrides(sets, run_dir, max_steps)
     return load_config(config, overrides), overrides
 
 
@@ -55,7 +60,7 @@ def _run(role: str, fn: Callable[[], object]) -> None:
         raise typer.Exit(1)
 
 
-def _setup_logging(name: str, cfg: RunConfig) -> None:
+def _setup_logging(name: str, cfg: Any) -> None:
     from asyncrl.log import setup_logging
     setup_logging(name, cfg.logging.level)
 
@@ -113,6 +118,36 @@ def reward(config: Path = typer.Argument(..., help="Run config (TOML)."),
         from reward.worker import main
         main(cfg, index)
     _run("reward", go)
+
+
+@app.command()
+def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/sft/."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Supervised fine-tuning on prompt/response (or chat messages) parquet; loss on responses only."""
+    def go() -> None:
+        from asyncrl.train_config import SFTConfig
+        cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=SFTConfig)
+        _setup_logging("sft", cfg)
+        from learner.sft import main
+        main(cfg)
+    _run("sft", go)
+
+
+@app.command("rm-train")
+def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML), see configs/rm/."),
+             run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
+             max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Bradley-Terry reward-model training on prompt/chosen/rejected parquet."""
+    def go() -> None:
+        from asyncrl.train_config import RMConfig
+        cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=RMConfig)
+        _setup_logging("rm-train", cfg)
+        from learner.rm_train import main
+        main(cfg)
+    _run("rm-train", go)
 
 
 if __name__ == "__main__":

@@ -143,3 +143,13 @@ def build_batch(
         rows=torch.tensor(rows, dtype=torch.long),
         offsets=torch.tensor(offsets, dtype=torch.long),
     )
+
+
+def build_lm_batch(seqs: list[list[int]], loss_masks: list[list[float]], pad_id: int,
+                   packed: bool = False) -> TrainBatch:
+    """Language-modelling layout: every token after the first is a target, and
+    ``response_mask`` carries each target's loss weight (``loss_masks[i][t]`` weighs
+    predicting token ``t``). Used by SFT, where the weights pick assistant tokens."""
+    tb = build_batch([s[:1] for s in seqs], [s[1:] for s in seqs], [m[1:] for m in loss_masks], pad_id, packed)
+    tb.response_mask, tb.behaviour_logprobs = tb.behaviour_logprobs, torch.zeros_like(tb.behaviour_logprobs)
+    return tb

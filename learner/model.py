@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 log = logging.getLogger("learner.model")
 
@@ -36,16 +37,25 @@ def load_policy(path: Path, dtype: str) -> tuple[PreTrainedModel, PreTrainedToke
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.config.use_cache = False
+    return shard(model, decoder_layers(model, path)), tokenizer
+
+
+def decoder_layers(model: torch.nn.Module, path: Path) -> torch.nn.ModuleList:
+    """The transformer blocks of an HF decoder (``model.layers``), each sharded on its own."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"{path}: unsupported architecture {type(model).__name__} (no model.layers)")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        model.to(torch.device("cuda", torch.cuda.current_device()))
+    return layers
+
+
+def shard(root: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
+    """Move to the accelerator if any, then FSDP2: one unit per layer plus the root."""
+    if torch.cuda.is_available():
+        root.to(torch.device("cuda", torch.cuda.current_device()))
     for layer in layers:
         fully_shard(layer)
-    fully_shard(model)
-    return model, tokenizer
+    fully_shard(root)
+    return root
 
 
 def full_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -60,16 +70,23 @@ def broadcast_items(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> l
     return [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
 
 
-def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
-    """Write an HF checkpoint directory that transformers and vLLM load."""
-    state = full_state_dict(model)
+def save_hf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path,
+            auto_cls: type[_BaseAutoModelClass] = AutoModelForCausalLM, prefix: str = "") -> Path:
+    """Write an HF checkpoint directory that transformers and vLLM load.
+
+    ``prefix``: strip it from state-dict keys (for HF models wrapped in another module).
+    """
+    state = {k.removeprefix(prefix): v for k, v in full_state_dict(model).items()}
+    hf = model.get_submodule(prefix.rstrip(".")) if prefix else model
     if dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(state.values())).dtype)
-        fresh.load_state_dict(state, strict=False)
+        fresh = auto_cls.from_config(hf.config, dtype=next(iter(state.values())).dtype)
+        missing, unexpected = fresh.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise RuntimeError(f"export to {out}: missing {missing}, unexpected {unexpected}")
         fresh.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(out)
+        if getattr(hf, "generation_config", None) is not None:
+            hf.generation_config.save_pretrained(out)
     dist.barrier()
     return out

@@ -20,6 +20,14 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert cfg.run.max_steps >= 1
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.toml")), ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_shipped_supervised_config_loads(path: Path) -> None:
+    from asyncrl.train_config import RMConfig, SFTConfig
+
+    cfg = load_config(path, schema={"sft": SFTConfig, "rm": RMConfig}[path.parent.name])
+    assert cfg.run.max_steps >= 1
+
+
 def _err(data: dict) -> str:
     with pytest.raises(ConfigError) as e:
         validate_config(data, source="x.toml")

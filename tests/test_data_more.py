@@ -239,3 +239,23 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], me
     assert message.format(tmp=tmp_path) in res.stderr and "Traceback" not in res.output
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_arith_sft_and_preference_files(tmp_path):
+    import pyarrow.parquet as pq
+
+    from asyncrl.data.arith import write_arith_supervised
+    from reward.functions import get_reward_fn
+
+    score = get_reward_fn("arith")
+    sft_train, _ = write_arith_supervised(tmp_path / "sft", "sft", n_train=20, n_test=5, min_value=0,
+                                          max_value=9, ops="+", seed=0)
+    rows = pq.read_table(sft_train).to_pylist()
+    assert len(rows) == 20 and {"prompt", "response"} <= set(rows[0])
+    assert all(score("arith", r["response"], r["ground_truth"], {}) == 1.0 for r in rows)
+    pref_train, pref_test = write_arith_supervised(tmp_path / "pref", "preference", n_train=20, n_test=5,
+                                                   min_value=0, max_value=9, ops="+", seed=0)
+    rows = pq.read_table(pref_train).to_pylist()
+    assert all(score("arith", r["chosen"], r["ground_truth"], {}) == 1.0 for r in rows)
+    assert all(score("arith", r["rejected"], r["ground_truth"], {}) < 1.0 for r in rows)
+    assert pq.read_table(pref_test).num_rows == 5

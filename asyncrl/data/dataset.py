@@ -31,7 +31,7 @@ class PromptRow:
     extra_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _messages(value: Any, where: str) -> list[dict[str, str]]:
+def to_messages(value: Any, where: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -52,7 +52,8 @@ def _ground_truth(value: Any, where: str) -> str:
     raise DataError(f"{where}: expected a scalar ground truth, got {value!r}")
 
 
-def _read(path: Path) -> pa.Table:
+def read_parquet(path: Path, required: tuple[str, ...]) -> pa.Table:
+    """A non-empty parquet table with the ``required`` columns, else a DataError naming them."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
@@ -60,14 +61,19 @@ def _read(path: Path) -> pa.Table:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for non-parquet input
         raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
-    for column in REQUIRED_COLUMNS:
+    for column in required:
         if column not in table.column_names:
             raise DataError(f"{path}: missing required column {column!r} (has {table.column_names})")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the dataset has no rows")
+    return table
+
+
+def _read(path: Path) -> pa.Table:
+    table = read_parquet(path, REQUIRED_COLUMNS)
     reward_type = table.schema.field("reward_model").type
     if not pa.types.is_struct(reward_type) or reward_type.get_field_index("ground_truth") < 0:
         raise DataError(f"{path}: column 'reward_model' must be a struct with field 'ground_truth', got {reward_type}")
-    if table.num_rows == 0:
-        raise DataError(f"{path}: the dataset has no rows")
     return table
 
 
@@ -89,7 +95,7 @@ def load_prompts(path: Path) -> list[PromptRow]:
             extra = {}
         elif not isinstance(extra, dict):
             raise DataError(f"{path}: row {i}, column 'extra_info': expected a struct, got {extra!r}")
-        messages = _messages(columns["prompt"][i], f"{path}: row {i}, column 'prompt'")
+        messages = to_messages(columns["prompt"][i], f"{path}: row {i}, column 'prompt'")
         truth = _ground_truth(reward["ground_truth"], f"{path}: row {i}, column 'reward_model.ground_truth'")
         rows.append(PromptRow(i, i, messages, source, truth, extra))
     ids = [r.extra_info.get("index") for r in rows]

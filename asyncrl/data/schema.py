@@ -35,6 +35,12 @@ class DataError(ValueError):
     """A dataset problem; the message names the file and, where it applies, the column or row."""
 
 
+def require_model_dir(path: Path, key: str) -> None:
+    """A DataError naming the config ``key`` unless ``path`` is an HF model directory."""
+    if not (Path(path) / "config.json").is_file():
+        raise DataError(f"{key}: {path} is not an HF model directory (no config.json)")
+
+
 def make_row(
     *,
     data_source: str,

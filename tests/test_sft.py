@@ -1,0 +1,124 @@
+"""``asyncrl sft``: response-only loss masks, a tiny model memorising a fixed set, checkpoints,
+bad input, and the export starting an RL run with real vLLM generators."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner.sft import encode_chat
+from tests.e2e import REPO, read_metrics, run_up
+
+CONFIG = REPO / "configs" / "sft" / "tiny_sft.toml"
+PAIRS = [("Say hi.", "hi there"), ("Count.", "1 2 3 4"), ("Spell cat.", "c-a-t"), ("Color?", "blue"),
+         ("Say bye.", "bye now"), ("Add 2+2.", "2 + 2 = 4. #### 4"), ("Name?", "tiny"), ("Yes?", "yes")]
+
+
+def sft(tmp: Path, *sets: str, max_steps: int = 60) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "cli.main", "sft", str(CONFIG), "--run-dir", str(tmp / "run"),
+            "--max-steps", str(max_steps)]
+    for s in sets:
+        argv += ["--set", s]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("sft")
+    data = _write(tmp / "train.parquet", [{"prompt": p, "response": r} for p, r in PAIRS] * 4)
+    res = sft(tmp, f"model.path={tiny_model_dir}", f"data.train={data}", f"data.test={data}", "train.epochs=100",
+              "train.batch_size=8", "train.checkpoint_every=20", "train.keep_checkpoints=2", "train.eval_every=30",
+              "train.max_tokens_per_microbatch=200", "train.lr=1e-2", max_steps=60)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return tmp / "run"
+
+
+def test_assistant_tokens_only_are_targets(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "ab"},
+            {"role": "assistant", "content": "xy"}, {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "z"}]
+    ids, mask = encode_chat(tok, chat)
+    target_text = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert target_text == "xy<|im_end|>\nz<|im_end|>\n"
+    assert len(ids) == len(mask) and tok.decode(ids).startswith("<|im_start|>system\nS")
+
+
+def test_messages_format_and_system_prompt(tmp_path: Path) -> None:
+    from asyncrl.data.schema import DataError
+    from asyncrl.data.supervised import load_sft
+    from asyncrl.train_config import SFTData
+
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    path = _write(tmp_path / "m.parquet", [{"messages": chat}])
+    got = load_sft(path, SFTData(train=path, format="messages", system_prompt="S"))
+    assert got == [[{"role": "system", "content": "S"}] + chat]
+    bad = _write(tmp_path / "b.parquet", [{"messages": chat[:1]}])
+    with pytest.raises(DataError, match="row 0, column 'messages': no assistant turn"):
+        load_sft(bad, SFTData(train=bad, format="messages"))
+
+
+def test_tiny_model_memorises_a_fixed_set(sft_run: Path, tiny_model_dir: Path) -> None:
+    recs = read_metrics(sft_run)
+    train = [r for r in recs if "loss" in r]
+    val = [r["val_loss"] for r in recs if "val_loss" in r]
+    assert train[-1]["loss"] < 0.2 * train[0]["loss"], (train[0]["loss"], train[-1]["loss"])
+    assert val[-1] < 0.2 * val[0]
+    assert all(r["computed_tokens"] <= r["target_tokens"] * 10 for r in train)  # packed: no pad waste
+    ckpts = sorted(p.name for p in (sft_run / "checkpoints").iterdir())
+    assert ckpts == ["final", "step_000040", "step_000060"]  # last 2 periodic exports kept
+    tok = AutoTokenizer.from_pretrained(sft_run / "checkpoints" / "final")
+    model = AutoModelForCausalLM.from_pretrained(sft_run / "checkpoints" / "final")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Spell cat."}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).startswith("c-a-t")
+
+
+@pytest.mark.slow
+def test_export_starts_an_rl_run(sft_run: Path, tmp_path: Path) -> None:
+    """The SFT export is the ``model`` of an RL config: vLLM generators serve it, the learner trains it."""
+    from asyncrl.data.arith import write_arith
+
+    train, test = write_arith(tmp_path / "data", n_train=32, n_test=8)
+    res = run_up(REPO / "configs" / "tiny_cpu.toml", tmp_path / "rl",
+                 [f"model.path={sft_run / 'checkpoints' / 'final'}", f"data.train={train}", f"data.test={test}"],
+                 max_steps=2)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "rl") if "reward_mean" in r] == [1, 2]
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"prompt": "a"}], "missing required column 'response'"),
+    ([{"prompt": "a", "response": 3}], "row 0, column 'response': expected a string"),
+    ([], "has no rows"),
+])
+def test_bad_data_exits_2_naming_the_problem(tiny_model_dir: Path, tmp_path: Path, rows: list, message: str) -> None:
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"prompt": pa.array([], pa.string()),
+                                                              "response": pa.array([], pa.string())})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    res = sft(tmp_path, f"model.path={tiny_model_dir}", f"data.train={tmp_path / 'bad.parquet'}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"data.train: {tmp_path / 'bad.parquet'}" in res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_model_dir_exits_2(tmp_path: Path) -> None:
+    res = sft(tmp_path, f"model.path={tmp_path / 'nope'}")
+    assert res.returncode == 2 and "model.path:" in res.stderr and "no config.json" in res.stderr
+
+
+def test_bad_config_key_exits_2(tmp_path: Path) -> None:
+    res = sft(tmp_path, "train.lrr=1")
+    assert res.returncode == 2 and "train.lrr: unknown key" in res.stderr
