@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -32,7 +33,7 @@ from learner.dapo import overlong_penalty
 from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
-from learner.microbatch import micro_batches
+from learner.microbatch import micro_batches, split_for_ranks
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
@@ -69,8 +70,31 @@ class Trainer:
         self.kl_ctrl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
                         if a.kl_controller == "adaptive" else FixedKLController(a.kl_coef))
         self.device = next(self.policy.parameters()).device
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+
+    def _chunks(self, ro: Rollouts) -> list[list[int]]:
+        """This rank's micro-batches. Ranks share the batch balanced by tokens; FSDP2 needs every
+        rank to run the same number of forward/backward passes, so shorter lists are padded
+        with ``[]`` (a zero-weight pass over one sample)."""
+        lr, lengths = self.learner, sample_lengths(ro)
+        per_rank = []
+        for share in split_for_ranks(lengths, self.world):
+            mbs = micro_batches([lengths[i] for i in share], max_samples=lr.micro_batch_size,
+                                max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
+            per_rank.append([[share[j] for j in mb] for mb in mbs])
+        longest = max(len(c) for c in per_rank)
+        return per_rank[self.rank] + [[] for _ in range(longest - len(per_rank[self.rank]))]
+
+    def _all_reduce(self, t: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
+        if self.world == 1:
+            return t
+        dev = t.to(self.device)  # NCCL reduces device tensors; gloo CPU ones
+        dist.all_reduce(dev, op=op)
+        return dev.to(t.device)
 
     def _batch(self, ro: Rollouts, idx: list[int]) -> TrainBatch:
+        idx = idx or [0]  # a padding pass (see _chunks) computes on one sample with weight 0
         beh = [ro.behaviour[i, :len(ro.response_ids[i])].tolist() for i in idx]
         return build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx], beh,
                            self.pad_id, packed=self.learner.packing).to(self.device)
@@ -89,10 +113,16 @@ class Trainer:
             tb = self._batch(ro, idx)
             with self._autocast():
                 if ref is not None:
-                    ref[idx] = response_view(policy_forward(self.reference, tb, self.temperature)[0], tb, T).cpu()
+                    r = response_view(policy_forward(self.reference, tb, self.temperature)[0], tb, T).cpu()
+                    if idx:
+                        ref[idx] = r
                 if values is not None:
-                    values[idx] = response_view(self.critic(tb), tb, T).cpu()
-        return ref, values
+                    v = response_view(self.critic(tb), tb, T).cpu()
+                    if idx:
+                        values[idx] = v
+        # each rank filled its own rows (zeros elsewhere): a sum gives every rank the whole grid
+        return (None if ref is None else self._all_reduce(ref),
+                None if values is None else self._all_reduce(values))
 
     def _token_rewards(self, ro: Rollouts, ref: Tensor | None, stats: dict[str, float]) -> Tensor:
         a = self.algo
@@ -114,9 +144,7 @@ class Trainer:
     def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
         a = self.algo
         ro = Rollouts.from_groups(groups, learner_version)
-        lr = self.learner
-        chunks = micro_batches(sample_lengths(ro), max_samples=lr.micro_batch_size,
-                               max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
+        chunks = self._chunks(ro)
         stats: dict[str, float] = {}
         ref, values = self._phase_a(ro, chunks)
         rewards = self._token_rewards(ro, ref, stats)
@@ -130,19 +158,31 @@ class Trainer:
         total = float(len(ro.prompt_ids) if seq_level else ro.mask.sum().clamp(min=1))
         for idx in chunks:
             weight = (len(idx) if seq_level else float(ro.mask[idx].sum())) / total
-            part = self._micro_step(ro, idx, adv[idx], returns[idx], ref, values, sw[idx], skeep[idx], weight)
+            real = idx or [0]
+            part = self._micro_step(ro, real, adv[real], returns[real], ref, values, sw[real], skeep[real], weight)
             for k, v in part.items():
+                if not idx:
+                    continue
                 if k.endswith("_max"):
                     maxes[k] = max(maxes.get(k, v), v)
                 else:
                     sums[k] += v * weight
         stats.update(self._optimizer_step())
-        stats.update(sums)
-        stats.update(maxes)
+        stats.update(self._reduce_stats(sums, maxes))
         stats["advantage_abs_mean"] = float((adv.abs() * ro.mask).sum() / ro.mask.sum().clamp(min=1))
         stats["response_len_mean"] = float(ro.lengths.mean())
         stats["staleness_hist"] = dict(Counter(int(s) for s in ro.staleness.tolist()))
         return stats
+
+    def _reduce_stats(self, sums: Counter[str], maxes: dict[str, float]) -> dict[str, float]:
+        """Weighted sums add up, maxima take the max, over ranks (every rank has the same keys)."""
+        out: dict[str, float] = {}
+        for values, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX)):
+            keys = sorted(values)
+            if keys:
+                red = self._all_reduce(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), op)
+                out.update(zip(keys, red.tolist()))
+        return out
 
     def _micro_step(self, ro: Rollouts, idx: list[int], adv: Tensor, returns: Tensor, ref: Tensor | None,
                     values: Tensor | None, sw: Tensor, skeep: Tensor, weight: float) -> dict[str, float]:
@@ -170,12 +210,13 @@ class Trainer:
             loss = loss + a.kl_loss_coef * kl
             metrics["kl_loss"] = float(kl.detach())
         metrics["loss"] = float(loss.detach())
-        (loss * weight).backward()
+        scale = weight * self.world  # FSDP2 averages gradients over ranks; weights are global shares
+        (loss * scale).backward()
         if self.critic is not None:
             with self._autocast():
                 v = response_view(self.critic(tb), tb, T)
             vl, vm = value_loss(v, values[idx].to(dev), returns.to(dev), mask, a.value_clip, a.loss_agg_mode)
-            (vl * weight).backward()
+            (vl * scale).backward()
             metrics.update(vm, value_loss=float(vl.detach()))
         return metrics
 
