@@ -92,6 +92,8 @@ class LearnerSection(_Section):
     """Training: GRPO advantages, PPO-clip with truncated IS, AdamW."""
 
     prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")
+    world_size: int = Field(1, ge=1, description="Learner ranks (FSDP2 data parallel; `asyncrl up` starts "
+                            "them with torchrun). Rank 0 alone talks to generators and reward workers.")
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -212,6 +214,9 @@ class RunConfig(_Section):
                 f"learner.max_staleness={lr.max_staleness} is impossible with learner.sync_every="
                 f"{lr.sync_every}: generators lag up to sync_every-1 versions; set max_staleness >= "
                 f"{lr.sync_every - 1}")
+        if lr.world_size > lr.prompts_per_step * self.rollout.n:
+            raise ValueError(f"learner.world_size={lr.world_size} exceeds the samples per step "
+                             f"(learner.prompts_per_step x rollout.n = {lr.prompts_per_step * self.rollout.n})")
         if len(t.rewards) != self.reward.num_workers:
             raise ValueError(
                 f"transport.rewards has {len(t.rewards)} address(es) but reward.num_workers="

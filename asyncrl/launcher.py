@@ -37,7 +37,11 @@ def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> li
     sets = [a for ov in overrides for a in ("--set", ov)]
     children = [Child(f"reward-{i}", base + ["reward", str(config_path), "--index", str(i)] + sets)
                 for i in range(cfg.reward.num_workers)]
-    children.append(Child("learner", base + ["learner", str(config_path)] + sets))
+    learner = base
+    if cfg.learner.world_size > 1:  # torchrun sets RANK/WORLD_SIZE/MASTER_* for each rank
+        learner = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", str(cfg.learner.world_size), "-m", "cli.main"]
+    children.append(Child("learner", learner + ["learner", str(config_path)] + sets))
     children += [Child(f"rollout-{i}", base + ["rollout", str(config_path), "--index", str(i)] + sets)
                  for i in range(cfg.rollout.num_generators)]
     return children

@@ -22,6 +22,8 @@ def init_distributed() -> None:
     if dist.is_initialized():
         return
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return
     with socket.socket() as s:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from asyncrl import messages
 from asyncrl.config import RunConfig, dump_config, parse_address
@@ -21,8 +23,8 @@ from learner.critic import load_critic
 from learner.dapo import groups_with_signal
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
-from learner.model import broadcast_items, full_state_dict, load_policy, save_hf
-
+from learner.model import broadcast_items, full_state_dict, init_distributed, load_policy, save_hf
+from learner.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
 
 log = logging.getLogger("learner")
@@ -42,37 +44,19 @@ def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[T
     return out, dropped
 
 
-class Learner:
+class LearnerRank:
+    """What every learner rank holds: its shards of the policy (and reference/critic), the
+    trainer, and the channel on which rank 0 leads. Ranks 1..K-1 run :meth:`follow`."""
+
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        cfg.run.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.run.seed)
         self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens)
-        log.info("%d training prompts (%d dropped as longer than %d tokens)", len(train), dropped,
-                 cfg.data.max_prompt_tokens)
-        self.val_prompts: list[TokenizedPrompt] = []
-        if cfg.data.test is not None:
-            val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
-            self.val_prompts = val[:cfg.learner.val_prompts]
-        r, lr = cfg.rollout, cfg.learner
-        a = cfg.algorithm
-        sampling = Sampling(r.n, r.temperature, r.max_new_tokens, greedy_baseline=needs_baseline(a.advantage))
-        self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
-                                     sampling=sampling, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
         self.trainer = self._build_trainer()
-        self.io = LearnerIO(cfg, self.dispatcher)
-        self.version = 0
-        self.stale_dropped = 0
-        self.groups_filtered = 0
-        self.sync_group: SyncGroup | None = None
-        lg = cfg.logging
-        self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
-                                     wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
-                                     config=dump_config(cfg))
+        self.ranks = RankChannel(timeout_s=cfg.learner.wait_timeout_s + cfg.learner.sync_timeout_s)
 
     def _build_trainer(self) -> Trainer:
         cfg, lr, a = self.cfg, self.cfg.learner, self.cfg.algorithm
@@ -86,6 +70,49 @@ class Learner:
             critic_opt = torch.optim.AdamW(critic.parameters(), lr=a.critic_lr, betas=lr.betas)
         return Trainer(self.model, opt, lr, a, self.pad_id, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
                        reference=reference, critic=critic, critic_optimizer=critic_opt)
+
+    def follow(self) -> None:
+        """Ranks 1..K-1: do what rank 0 says until it says stop."""
+        while True:
+            command, payload = self.ranks.recv()
+            if command == "step":
+                groups, version = parse_step(payload)
+                self.trainer.step(groups, version)
+            elif command == "sync":
+                full_state_dict(self.model)  # a collective: rank 0 keeps the gathered copy
+            elif command == "save":
+                save_hf(self.model, self.tokenizer, Path(payload.decode()))
+            elif command == "stop":
+                return
+
+
+class Learner(LearnerRank):
+    """Rank 0: dispatches prompts, trains, broadcasts weights, validates, logs."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        cfg.run.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(cfg)
+        train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens)
+        log.info("%d training prompts (%d dropped as longer than %d tokens)", len(train), dropped,
+                 cfg.data.max_prompt_tokens)
+        self.val_prompts: list[TokenizedPrompt] = []
+        if cfg.data.test is not None:
+            val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
+            self.val_prompts = val[:cfg.learner.val_prompts]
+        r, lr = cfg.rollout, cfg.learner
+        a = cfg.algorithm
+        sampling = Sampling(r.n, r.temperature, r.max_new_tokens, greedy_baseline=needs_baseline(a.advantage))
+        self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
+                                     sampling=sampling, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+        self.io = LearnerIO(cfg, self.dispatcher)
+        self.version = 0
+        self.stale_dropped = 0
+        self.groups_filtered = 0
+        self.sync_group: SyncGroup | None = None
+        lg = cfg.logging
+        self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
+                                     wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
+                                     config=dump_config(cfg))
 
     def connect_generators(self) -> None:
         """Form the weight-sync group with every generator and wait for their hellos."""
@@ -109,6 +136,7 @@ class Learner:
             for step in range(1, cfg.run.max_steps + 1):
                 groups = self._next_batch()
                 staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
+                self.ranks.send("step", step_payload(groups, self.version))
                 stats = self.trainer.step(groups, self.version)
                 self.version += 1
                 sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
@@ -119,8 +147,11 @@ class Learner:
                     rec.update(self.validate())
                 self.metrics.log(rec)
             if cfg.learner.save_final:
-                out = save_hf(self.model, self.tokenizer, cfg.run.dir / "checkpoints" / "final")
+                out = cfg.run.dir / "checkpoints" / "final"
+                self.ranks.send("save", str(out).encode())
+                save_hf(self.model, self.tokenizer, out)
                 log.info("saved final checkpoint to %s", out)
+            self.ranks.send("stop")
             self.io.send_all(messages.encode("stop"))
             time.sleep(0.5)  # let the stop messages leave before the sockets close
         finally:
@@ -168,6 +199,7 @@ class Learner:
         assert self.sync_group is not None
         cfg, v = self.cfg, self.version
         t0 = time.perf_counter()
+        self.ranks.send("sync")
         items = broadcast_items(self.model, full_state_dict(self.model))
         metas = tensor_metas(items, cfg.rollout.dtype)
         bucket = cfg.learner.bucket_mb << 20
@@ -220,5 +252,16 @@ class Learner:
 
 
 def main(cfg: RunConfig) -> None:
-    """Entry point of ``asyncrl learner CONFIG``."""
-    Learner(cfg).run()
+    """Entry point of ``asyncrl learner CONFIG`` (each rank's, under torchrun)."""
+    init_distributed()
+    if dist.get_world_size() != cfg.learner.world_size:
+        raise RuntimeError(f"learner.world_size={cfg.learner.world_size} but this process group has "
+                           f"{dist.get_world_size()} rank(s); start the learner with `asyncrl up` or "
+                           f"`torchrun --nproc-per-node {cfg.learner.world_size} -m cli.main learner CONFIG`")
+    try:
+        if dist.get_rank() == 0:
+            Learner(cfg).run()
+        else:
+            LearnerRank(cfg).follow()
+    finally:
+        dist.destroy_process_group()
