@@ -88,7 +88,18 @@ class RewardSection(_Section):
         return self
 
 
-class LearnerSection(_Section):
+class ShardingFields(_Section):
+    """How the learner's FSDP2 units compute and where they keep state (shared by RL, SFT, RM)."""
+
+    mixed_precision: bool = Field(False, description="FSDP2 mixed precision: bf16 parameters and compute, "
+                                  "fp32 gradient reduction and fp32 master weights (load with "
+                                  "model.learner_dtype = float32).")
+    gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
+    cpu_offload: bool = Field(False, description="Keep parameters, gradients and optimizer state in CPU "
+                              "memory between uses (GPU only; FSDP2 CPUOffloadPolicy).")
+
+
+class LearnerSection(ShardingFields):
     """Training: GRPO advantages, PPO-clip with truncated IS, AdamW."""
 
     prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from asyncrl.config import LoggingSection, ModelSection, RunSection, _Section
+from asyncrl.config import LoggingSection, ModelSection, RunSection, ShardingFields, _Section
 
 
-class TrainSection(_Section):
+class TrainSection(ShardingFields):
     """Optimisation, batching and checkpoints of a supervised run."""
 
     epochs: int = Field(1, ge=1, description="Passes over the training set (run.max_steps caps steps too).")

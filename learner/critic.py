@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.fsdp import fully_shard
 from transformers import AutoModel
 
+from asyncrl.config import ShardingFields
 from learner.batch import TrainBatch
+from learner.model import shard
 
 
 class ValueModel(nn.Module):
@@ -28,11 +29,6 @@ class ValueModel(nn.Module):
         return self.head(hidden).squeeze(-1)[:, :-1].float().clone()  # [b, L-1], aligned with targets
 
 
-def load_critic(path: Path, dtype: str) -> ValueModel:
+def load_critic(path: Path, dtype: str, opts: ShardingFields | None = None) -> ValueModel:
     model = ValueModel(path, getattr(torch, dtype))
-    if torch.cuda.is_available():
-        model.to(torch.device("cuda", torch.cuda.current_device()))
-    for layer in model.backbone.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    return model
+    return shard(model, model.backbone.layers, opts)  # type: ignore[return-value]

@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+from asyncrl.config import ShardingFields
 
 log = logging.getLogger("learner.model")
 
@@ -33,13 +35,14 @@ def init_distributed() -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def load_policy(path: Path, dtype: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(path: Path, dtype: str, opts: ShardingFields | None = None,
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The HF causal LM at ``path``, each decoder layer and the root wrapped with fully_shard."""
     init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.config.use_cache = False
-    return shard(model, decoder_layers(model, path)), tokenizer
+    return shard(model, decoder_layers(model, path), opts), tokenizer
 
 
 def decoder_layers(model: torch.nn.Module, path: Path) -> torch.nn.ModuleList:
@@ -50,13 +53,33 @@ def decoder_layers(model: torch.nn.Module, path: Path) -> torch.nn.ModuleList:
     return layers
 
 
-def shard(root: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
-    """Move to the accelerator if any, then FSDP2: one unit per layer plus the root."""
-    if torch.cuda.is_available():
+def shard(root: torch.nn.Module, layers: torch.nn.ModuleList, opts: ShardingFields | None = None,
+          ) -> torch.nn.Module:
+    """Move to the accelerator if any, then FSDP2: one unit per layer plus the root.
+
+    ``opts``: bf16 mixed precision with fp32 reduction, activation checkpointing of each
+    layer, CPU offload (accelerators only; on CPU everything already lives in host memory).
+    """
+    opts = opts or ShardingFields()
+    cuda = torch.cuda.is_available()
+    if cuda:
         root.to(torch.device("cuda", torch.cuda.current_device()))
+    if opts.gradient_checkpointing:  # the HF model itself, or the one a wrapper holds
+        hf = next((m for m in root.modules() if hasattr(m, "gradient_checkpointing_enable")), None)
+        if hf is None:
+            raise ValueError(f"{type(root).__name__} does not support gradient checkpointing")
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        root.train()  # HF checkpoints only in training mode (from_pretrained returns eval mode)
+    kwargs: dict = {}
+    if opts.mixed_precision:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if opts.cpu_offload and cuda:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    elif opts.cpu_offload:
+        log.info("cpu_offload: no accelerator, parameters and optimizer state are already in CPU memory")
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(root)
+        fully_shard(layer, **kwargs)
+    fully_shard(root, **kwargs)
     return root
 
 

@@ -59,7 +59,7 @@ def load_reward_model(cfg: RMConfig) -> tuple[ScalarRM, Any]:
     hf.config.pad_token_id = tok.pad_token_id  # the reward worker finds each row's end through it
     hf.config.use_cache = False
     rm = ScalarRM(hf)
-    return shard(rm, decoder_layers(hf, cfg.model.path)), tok  # type: ignore[return-value]
+    return shard(rm, decoder_layers(hf, cfg.model.path), cfg.train), tok  # type: ignore[return-value]
 
 
 def encode_pairs(tok: Any, prefs: list[Preference], max_tokens: int) -> tuple[list[Pair], int]:

@@ -75,7 +75,7 @@ class SFTTrainer:
         torch.manual_seed(cfg.run.seed)
         d = cfg.data
         train, test = check_sft_inputs(cfg.model.path, d)
-        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype)
+        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.train)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         self.train = encode_all(self.tokenizer, train, d.max_tokens, d.train)

@@ -51,7 +51,7 @@ class LearnerRank:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.run.seed)
-        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype)
+        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
@@ -63,10 +63,10 @@ class LearnerRank:
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr.lr, betas=lr.betas, weight_decay=lr.weight_decay)
         reference = critic = critic_opt = None
         if a.uses_reference:  # a frozen copy of the initial policy
-            reference, _ = load_policy(cfg.model.path, cfg.model.learner_dtype)
+            reference, _ = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
             reference.requires_grad_(False).eval()
         if needs_values(a.advantage):
-            critic = load_critic(cfg.model.path, cfg.model.learner_dtype)
+            critic = load_critic(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
             critic_opt = torch.optim.AdamW(critic.parameters(), lr=a.critic_lr, betas=lr.betas)
         return Trainer(self.model, opt, lr, a, self.pad_id, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
                        reference=reference, critic=critic, critic_optimizer=critic_opt)
