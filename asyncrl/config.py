@@ -31,6 +31,8 @@ class RunSection(_Section):
     dir: Path = Field(Path("runs/default"), description="Run directory: metrics.jsonl, logs, checkpoints.")
     max_steps: int = Field(20, ge=1, description="Learner optimiser steps before the run ends.")
     seed: int = Field(0, description="Seed for data order, sampling engines and model init.")
+    resume: bool = Field(False, description="Continue from the newest complete checkpoint in dir/checkpoints "
+                         "(`--resume` on the command line).")
 
 
 class ModelSection(_Section):
@@ -124,6 +126,10 @@ class LearnerSection(ShardingFields):
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
     wait_timeout_s: float = Field(600.0, gt=0, description="Max wait for a batch before failing loudly.")
     save_final: bool = True
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over this many steps (then constant).")
+    checkpoint_every: int = Field(0, ge=0, description="Resumable checkpoint (sharded model + optimizer, "
+                                  "data position, RNG, HF export) every N steps and at the end; 0: never.")
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed).")
 
 
 AdvantageName = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gae"]

@@ -61,6 +61,12 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
     require_model_dir(cfg.model.path, "model.path")
+    if cfg.run.resume:
+        from asyncrl.errors import CheckpointError
+        from learner.checkpoint import Checkpointer
+
+        if Checkpointer(cfg.run.dir / "checkpoints", cfg.learner.keep_checkpoints).latest() is None:
+            raise CheckpointError(f"--resume: no complete checkpoint under {cfg.run.dir / 'checkpoints'}")
     for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
         if path is not None:
             try:

@@ -68,6 +68,9 @@ def _check(msg: Any) -> None:
             if not isinstance(item, dict):
                 raise MessageError("prompts.items entries must be maps")
             _check_fields(item, PROMPT_ITEM_FIELDS, "prompts.items")
+            seed = item.get("seed")  # optional: the dispatcher's per-prompt sampling seed
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+                raise MessageError("prompts.items.seed: expected a non-negative int")
 
 
 def _check_fields(msg: dict, spec: dict[str, tuple[type, ...]], where: str) -> None:

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - only while a sub-app is missing
     pass
 
 SET_HELP = "Override any key, e.g. --set learner.lr=1e-5 (repeatable)."
+RESUME_HELP = "Continue from the newest complete checkpoint in <run.dir>/checkpoints (same as --set run.resume=true)."
 
 
 def _overrides(sets: list[str], run_dir: Optional[Path], max_steps: Optional[int]) -> list[str]:
@@ -36,18 +37,19 @@ def _overrides(sets: list[str], run_dir: Optional[Path], max_steps: Optional[int
 
 
 def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
-          max_steps: Optional[int] = None) -> tuple[RunConfig, list[str]]:
-    overrides = _overrides(sets, run_dir, max_steps)
+          max_steps: Optional[int] = None, resume: bool = False) -> tuple[RunConfig, list[str]]:
+    overrides = _overrides(sets, run_dir, max_steps) + (["run.resume=true"] if resume else [])
     return load_config(config, overrides), overrides
 
 
 def _run(role: str, fn: Callable[[], object]) -> None:
     """The one error handler per process: bad input → exit 2, failures → exit 1."""
     from asyncrl.data.schema import DataError
+    from asyncrl.errors import CheckpointError
 
     try:
         fn()
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         typer.echo(f"asyncrl {role}: {e}", err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
@@ -69,10 +71,11 @@ def _setup_logging(name: str, cfg: Any) -> None:
 def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+       resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Validate CONFIG once, then start all generators, reward workers and the learner as processes."""
     def go() -> None:
-        cfg, overrides = _load(config, set_, run_dir, max_steps)
+        cfg, overrides = _load(config, set_, run_dir, max_steps, resume)
         _setup_logging("up", cfg)
         from asyncrl.launcher import check_inputs, run_up
         check_inputs(cfg)
@@ -84,10 +87,11 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
 
 @app.command()
 def learner(config: Path = typer.Argument(..., help="Run config (TOML)."),
+            resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
             set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Run the learner alone (binds the dispatch and trajectory sockets, hosts the weight-sync group)."""
     def go() -> None:
-        cfg, _ = _load(config, set_)
+        cfg, _ = _load(config, set_, resume=resume)
         _setup_logging("learner", cfg)
         from learner.train import main
         main(cfg)

@@ -7,6 +7,12 @@ only while ``train groups dispatched < (g + max_staleness + 1) * prompts_per_ste
 most ``max_staleness`` above the version that generated it. ``max_staleness = 0`` is
 synchronous on-policy training. Validation prompts bypass admission: they are scored,
 never trained on.
+
+Every train dispatch carries a sampling ``seed`` drawn from (run seed, epoch, prompt id),
+so a prompt's samples do not depend on which generator or batch they land in. Dispatched
+groups stay *outstanding* until the learner settles them (trained or deliberately
+dropped); :meth:`Dispatcher.state` saves the position in the data plus every outstanding
+prompt, and :meth:`Dispatcher.restore` re-dispatches those first after a resume.
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ class InFlight:
     prompt_id: int
 
 
+def prompt_seed(run_seed: int, epoch: int, prompt_id: int) -> int:
+    """A 31-bit sampling seed for one dispatch of a prompt."""
+    return random.Random(f"{run_seed}/{epoch}/{prompt_id}").getrandbits(31)
+
+
 class Dispatcher:
     def __init__(self, prompts: list[TokenizedPrompt], *, prompts_per_step: int, max_staleness: int,
                  sampling: Sampling, seed: int, shuffle: bool = True) -> None:
@@ -56,6 +67,10 @@ class Dispatcher:
         self.versions: dict[bytes, int] = {}
         self.inflight: dict[int, InFlight] = {}
         self.val_queue: deque[dict[str, Any]] = deque()
+        self.by_id = {p.prompt_id: p for p in prompts}
+        self.outstanding: dict[int, tuple[int, int]] = {}  # group id -> (prompt id, seed), until settled
+        self.redo: deque[tuple[int, int]] = deque()  # (prompt id, seed) to dispatch before new prompts
+        self.hold = False  # while True no train prompt leaves (e.g. until resumed weights are synced)
 
     def _order(self, epoch: int) -> list[int]:
         idx = list(range(len(self.prompts)))
@@ -63,13 +78,16 @@ class Dispatcher:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
         return idx
 
-    def _next_prompt(self) -> TokenizedPrompt:
+    def _next_prompt(self) -> tuple[TokenizedPrompt, int]:
+        if self.redo:
+            prompt_id, seed = self.redo.popleft()
+            return self.by_id[prompt_id], seed
         if self.cursor == len(self.order):
             self.epoch += 1
             self.order, self.cursor = self._order(self.epoch), 0
         p = self.prompts[self.order[self.cursor]]
         self.cursor += 1
-        return p
+        return p, prompt_seed(self.seed, self.epoch, p.prompt_id)
 
     def update(self, gen: bytes, version: int, credit: int = 0) -> None:
         self.versions[gen] = max(version, self.versions.get(gen, 0))
@@ -77,6 +95,8 @@ class Dispatcher:
 
     def admissible(self, version: int) -> int:
         """How many more train groups a generator at ``version`` may receive now."""
+        if self.hold:
+            return 0
         return max(0, (version + self.s + 1) * self.B + self.discarded - self.dispatched_train)
 
     def discard(self, groups: int) -> None:
@@ -97,15 +117,40 @@ class Dispatcher:
         return items
 
     def _train_item(self, gen: bytes) -> dict[str, Any]:
-        p = self._next_prompt()
+        p, seed = self._next_prompt()
         gid = self._new_group_id()
         self.dispatched_train += 1
         self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id)
+        self.outstanding[gid] = (p.prompt_id, seed)
         s = self.sampling
         item = _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
+        item["seed"] = seed
         if s.greedy_baseline:
             item["greedy_baseline"] = True
         return item
+
+    def settle(self, group_ids: list[int]) -> None:
+        """These groups were trained on (or deliberately dropped): never dispatch them again."""
+        for gid in group_ids:
+            self.outstanding.pop(gid, None)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able position in the data: what a resumed dispatcher needs."""
+        pending = [list(self.outstanding[g]) for g in sorted(self.outstanding)]
+        return {"epoch": self.epoch, "cursor": self.cursor, "next_group_id": self.next_group_id,
+                "pending": [list(x) for x in self.redo] + pending}
+
+    def restore(self, state: dict[str, Any], version: int) -> None:
+        """Continue from :meth:`state` with the learner at ``version``: outstanding prompts first,
+        then the data where it stopped. Admission restarts as if ``version`` steps of groups had
+        been dispatched and trained."""
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.order = self._order(self.epoch)
+        self.next_group_id = int(state["next_group_id"])
+        self.redo = deque((int(p), int(s)) for p, s in state["pending"] if int(p) in self.by_id)
+        self.dispatched_train, self.discarded = version * self.B, 0
+        self.inflight.clear()
+        self.outstanding.clear()
 
     def _new_group_id(self) -> int:
         gid = self.next_group_id

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -66,7 +67,9 @@ class Trainer:
     critic_optimizer: torch.optim.Optimizer | None = None
 
     def __post_init__(self) -> None:
-        a = self.algo
+        a, warmup = self.algo, self.learner.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.kl_ctrl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
                         if a.kl_controller == "adaptive" else FixedKLController(a.kl_coef))
         self.device = next(self.policy.parameters()).device
@@ -220,8 +223,19 @@ class Trainer:
             metrics.update(vm, value_loss=float(vl.detach()))
         return metrics
 
+    def state(self) -> dict[str, Any]:
+        """JSON-able trainer state besides weights and optimizer moments (for checkpoints)."""
+        sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+        return {"scheduler": sched, "kl_coef": self.kl_ctrl.value}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+        self.kl_ctrl.value = float(state["kl_coef"])
+
     def _optimizer_step(self) -> dict[str, float]:
-        out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm)}
+        lr = self.scheduler.get_last_lr()[0]
+        out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm), "lr": lr}
+        self.scheduler.step()
         if self.critic is not None and self.critic_optimizer is not None:
             out["critic_grad_norm"] = _clip_and_step(self.critic, self.critic_optimizer, self.learner.max_grad_norm)
         return out

