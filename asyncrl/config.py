@@ -91,7 +91,18 @@ class RewardSection(_Section):
 
 
 class ShardingFields(_Section):
-    """How the learner's FSDP2 units compute and where they keep state (shared by RL, SFT, RM)."""
+    """How the learner lays out batches, how its FSDP2 units compute and where they keep state
+    (shared by RL, SFT and reward-model training)."""
+
+    max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="Token budget per forward/backward pass (packed: sum of lengths; padded: "
+        "count x longest). None: only the micro-batch size limits a micro-batch.")
+    packing: bool = Field(True, description="Pack several samples per row with restarting position ids "
+                          "(pad only at row ends); False: one right-padded row per sample.")
+    pack_row_tokens: int | None = Field(
+        None, ge=1, description="Row length when packing (at least the longest sample). None: the longest "
+        "sample of the micro-batch, which bounds attention cost on CPU; with flash-attention on GPU set it "
+        "to max_tokens_per_microbatch for one row per micro-batch.")
 
     mixed_precision: bool = Field(False, description="FSDP2 mixed precision: bf16 parameters and compute, "
                                   "fp32 gradient reduction and fp32 master weights (load with "
@@ -112,11 +123,6 @@ class LearnerSection(ShardingFields):
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
-    max_tokens_per_microbatch: int | None = Field(
-        None, ge=1, description="Token budget per forward/backward pass (packed: sum of lengths; padded: "
-        "count x longest). None: only micro_batch_size limits a micro-batch.")
-    packing: bool = Field(True, description="Pack samples back to back in one row (no pad tokens); "
-                          "False: one right-padded row per sample.")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")

@@ -23,8 +23,6 @@ class TrainSection(ShardingFields):
     epochs: int = Field(1, ge=1, description="Passes over the training set (run.max_steps caps steps too).")
     batch_size: int = Field(16, ge=1, description="Examples per optimiser step.")
     micro_batch_size: int = Field(8, ge=1, description="Max examples per forward/backward pass.")
-    max_tokens_per_microbatch: int | None = Field(None, ge=1, description="Token budget per forward pass.")
-    packing: bool = Field(True, description="Pack examples in one row without pad tokens.")
     lr: float = Field(1e-5, gt=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine decay ends at lr * this.")
     warmup_steps: int = Field(0, ge=0)
@@ -50,12 +48,15 @@ class SFTData(_Section):
     max_tokens: int = Field(1024, ge=2, description="Longer examples are dropped (counted).")
 
 
-class SFTConfig(_Section):
+class _SupervisedConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection
-    data: SFTData
     train: TrainSection = Field(default_factory=TrainSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+class SFTConfig(_SupervisedConfig):
+    data: SFTData
 
 
 class PreferenceData(_Section):
@@ -70,10 +71,6 @@ class PreferenceData(_Section):
     max_tokens: int = Field(1024, ge=2, description="Pairs with a longer side are dropped (counted).")
 
 
-class RMConfig(_Section):
-    run: RunSection = Field(default_factory=RunSection)
-    model: ModelSection
+class RMConfig(_SupervisedConfig):
     data: PreferenceData
-    train: TrainSection = Field(default_factory=TrainSection)
-    logging: LoggingSection = Field(default_factory=LoggingSection)
 

@@ -3,11 +3,14 @@
 Two layouts, one set of fields:
 
 * **padded** (``packed=False``): one sample per row, right-padded, with an attention mask.
-* **packed** (``packed=True``): every sample back to back in a single row, no padding at
-  all. ``attention_mask`` is ``None`` and ``position_ids`` restart at 0 for each sample;
+* **packed** (``packed=True``): samples back to back in rows of at most ``row_tokens``
+  tokens (at least the longest sample; first-fit decreasing), padding only at row ends.
+  ``attention_mask`` is ``None`` and ``position_ids`` restart at 0 for each sample;
   transformers then builds a block-diagonal causal mask from the position ids (and
   flash-attention varlen uses the same signal on GPU), so each sample attends only to
-  itself and the computation equals the padded one, minus the pad tokens.
+  itself and the computation equals the padded one, minus most pad tokens. Without a
+  varlen kernel (CPU) attention costs ``row length²`` per row, so rows stay short there;
+  with flash-attention one long row is best.
 
 Sample ``i`` sits in row ``rows[i]`` starting at column ``offsets[i]``.
 
@@ -98,8 +101,9 @@ def build_batch(
     behaviour_logprobs: list[list[float]],
     pad_id: int,
     packed: bool = False,
+    row_tokens: int | None = None,
 ) -> TrainBatch:
-    """Lay samples out padded (one per row) or packed (all in one row).
+    """Lay samples out padded (one per row) or packed (several per row, see the module doc).
 
     Empty responses are allowed: that sample's ``response_mask`` is all zero, so it adds
     nothing to a token-mean loss. Every prompt must have at least one token, since the
@@ -109,9 +113,8 @@ def build_batch(
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
     n = len(lengths)
     if packed:
-        rows = [0] * n
-        offsets = [sum(lengths[:i]) for i in range(n)]
-        R, L = 1, sum(lengths)
+        rows, offsets, fill = pack_rows(lengths, max(row_tokens or 0, max(lengths)))
+        R, L = len(fill), max(fill)
     else:
         rows, offsets = list(range(n)), [0] * n
         R, L = n, max(lengths)
@@ -145,11 +148,24 @@ def build_batch(
     )
 
 
+def pack_rows(lengths: list[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
+    """First-fit decreasing: each sample's row and offset, and each row's filled length."""
+    rows, offsets, fill = [0] * len(lengths), [0] * len(lengths), []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((k for k, f in enumerate(fill) if f + lengths[i] <= capacity), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        rows[i], offsets[i] = r, fill[r]
+        fill[r] += lengths[i]
+    return rows, offsets, fill
+
+
 def build_lm_batch(seqs: list[list[int]], loss_masks: list[list[float]], pad_id: int,
-                   packed: bool = False) -> TrainBatch:
+                   packed: bool = False, row_tokens: int | None = None) -> TrainBatch:
     """Language-modelling layout: every token after the first is a target, and
     ``response_mask`` carries each target's loss weight (``loss_masks[i][t]`` weighs
     predicting token ``t``). Used by SFT, where the weights pick assistant tokens."""
-    tb = build_batch([s[:1] for s in seqs], [s[1:] for s in seqs], [m[1:] for m in loss_masks], pad_id, packed)
+    tb = build_batch([s[:1] for s in seqs], [s[1:] for s in seqs], [m[1:] for m in loss_masks], pad_id, packed,
+                     row_tokens)
     tb.response_mask, tb.behaviour_logprobs = tb.behaviour_logprobs, torch.zeros_like(tb.behaviour_logprobs)
     return tb

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from asyncrl.train_config import RMConfig
 from learner.batch import build_lm_batch
 from learner.microbatch import micro_batches
 from learner.model import decoder_layers, init_distributed, save_hf, shard
-from learner.supervised import SupervisedRun, all_sum
+from learner.supervised import SupervisedRun, SupervisedTrainer, all_sum, train_to_end
 
 log = logging.getLogger("learner.rm")
 
@@ -74,7 +74,7 @@ def encode_pairs(tok: Any, prefs: list[Preference], max_tokens: int) -> tuple[li
     return out, dropped
 
 
-class RMTrainer:
+class RMTrainer(SupervisedTrainer):
     def __init__(self, cfg: RMConfig) -> None:
         self.cfg = cfg
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,9 @@ class RMTrainer:
     def _scores(self, pairs: list[Pair]) -> Tensor:
         """``[n, 2]`` rewards of (chosen, rejected) for ``pairs`` (one forward)."""
         seqs = [s for pair in pairs for s in pair]
-        tb = build_lm_batch(seqs, [[0.0] * len(s) for s in seqs], self.tokenizer.pad_token_id,
-                            self.cfg.train.packing).to(self.run.device)
+        t = self.cfg.train
+        tb = build_lm_batch(seqs, [[0.0] * len(s) for s in seqs], self.tokenizer.pad_token_id, t.packing,
+                            t.pack_row_tokens).to(self.run.device)
         ends = tb.offsets + tb.prompt_lens + tb.response_lens - 1
         with self.run.autocast():
             r = self.model(tb.input_ids, tb.attention_mask, tb.position_ids, tb.rows, ends)
@@ -132,33 +133,18 @@ class RMTrainer:
             loss, correct, n, margin = all_sum(list(self._pass(self.test, idx, 0.0)))
         return {"val_loss": loss / n, "val_accuracy": correct / n, "val_margin": margin / n}
 
-    def train_loop(self) -> None:
+    def train_step(self, idx: list[int]) -> dict[str, Any]:
         run = self.run
         lengths = [len(a) + len(b) for a, b in self.train]
-        rec = {"step": 0, **self.evaluate()}
-        if len(rec) > 1:
-            run.log(rec)
-        for step, epoch, idx in run.batches():
-            t0 = time.perf_counter()
-            loss, correct, n, margin = self._pass(self.train, run.share(idx, lengths), run.grad_scale / len(idx))
-            stats = run.optimizer_step()
-            loss, correct, n, margin = all_sum([loss, correct, n, margin])
-            rec = {"step": step, "epoch": epoch, "loss": loss / n, "accuracy": correct / n, "margin": margin / n,
-                   "pairs": int(n), "step_s": time.perf_counter() - t0, **stats}
-            if run.due(step, self.cfg.train.eval_every):
-                rec.update(self.evaluate())
-            run.log(rec)
-            run.checkpoint(step, lambda out: save_hf(self.model, self.tokenizer, out,
-                                                     auto_cls=AutoModelForSequenceClassification, prefix="hf."))
+        loss, correct, n, margin = self._pass(self.train, run.share(idx, lengths), run.grad_scale / len(idx))
+        stats = run.optimizer_step()
+        loss, correct, n, margin = all_sum([loss, correct, n, margin])
+        return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n, "pairs": int(n), **stats}
 
-    def close(self) -> None:
-        self.run.close()
+    def export(self, out: Path) -> Path:
+        return save_hf(self.model, self.tokenizer, out, auto_cls=AutoModelForSequenceClassification, prefix="hf.")
 
 
 def main(cfg: RMConfig) -> None:
     """Entry point of ``asyncrl rm-train CONFIG``."""
-    trainer = RMTrainer(cfg)
-    try:
-        trainer.train_loop()
-    finally:
-        trainer.close()
+    train_to_end(RMTrainer(cfg))

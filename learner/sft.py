@@ -21,7 +21,7 @@ from learner.algo import token_logprobs
 from learner.batch import build_lm_batch
 from learner.microbatch import micro_batches
 from learner.model import load_policy, save_hf
-from learner.supervised import SupervisedRun, all_sum
+from learner.supervised import SupervisedRun, SupervisedTrainer, all_sum, train_to_end
 
 log = logging.getLogger("learner.sft")
 
@@ -68,7 +68,7 @@ def encode_all(tokenizer: Any, chats: list[Messages], max_tokens: int, source: P
     return seqs, masks, dropped
 
 
-class SFTTrainer:
+class SFTTrainer(SupervisedTrainer):
     def __init__(self, cfg: SFTConfig) -> None:
         self.cfg = cfg
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,8 @@ class SFTTrainer:
         for mb in micro_batches(lengths, max_samples=t.micro_batch_size, max_tokens=t.max_tokens_per_microbatch,
                                 packed=t.packing):
             sel = [idx[j] for j in mb]
-            tb = build_lm_batch([seqs[i] for i in sel], [masks[i] for i in sel], self.pad_id, t.packing)
+            tb = build_lm_batch([seqs[i] for i in sel], [masks[i] for i in sel], self.pad_id, t.packing,
+                                t.pack_row_tokens)
             tb = tb.to(run.device)
             with torch.set_grad_enabled(scale > 0), run.autocast():
                 logits = self.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
@@ -114,36 +115,22 @@ class SFTTrainer:
         nll, n, _ = all_sum(list(self._loss_sums(seqs, masks, idx, 0.0)))
         return {"val_loss": nll / max(n, 1.0)}
 
-    def train_loop(self) -> None:
+    def train_step(self, idx: list[int]) -> dict[str, Any]:
         run, (seqs, masks, _) = self.run, self.train
-        lengths = [len(s) for s in seqs]
-        rec = {"step": 0, **self.evaluate()}
-        if len(rec) > 1:
-            run.log(rec)
-        for step, epoch, idx in run.batches():
-            t0 = time.perf_counter()
-            total = sum(sum(masks[i][1:]) for i in idx)  # global target count: the token-mean denominator
-            mine = run.share(idx, lengths)
-            nll, n, computed = self._loss_sums(seqs, masks, mine, run.grad_scale / max(total, 1.0))
-            stats = run.optimizer_step()
-            nll, n, computed = all_sum([nll, n, computed])
-            dt = time.perf_counter() - t0
-            rec = {"step": step, "epoch": epoch, "loss": nll / max(n, 1.0), "examples": len(idx),
-                   "target_tokens": int(n), "computed_tokens": int(computed),
-                   "tokens_per_s": computed / max(dt, 1e-9), "step_s": dt, **stats}
-            if run.due(step, self.cfg.train.eval_every):
-                rec.update(self.evaluate())
-            run.log(rec)
-            run.checkpoint(step, lambda out: save_hf(self.model, self.tokenizer, out))
+        t0 = time.perf_counter()
+        total = sum(sum(masks[i][1:]) for i in idx)  # global target count: the token-mean denominator
+        mine = run.share(idx, [len(s) for s in seqs])
+        nll, n, computed = self._loss_sums(seqs, masks, mine, run.grad_scale / max(total, 1.0))
+        stats = run.optimizer_step()
+        nll, n, computed = all_sum([nll, n, computed])
+        dt = time.perf_counter() - t0
+        return {"loss": nll / max(n, 1.0), "examples": len(idx), "target_tokens": int(n),
+                "computed_tokens": int(computed), "tokens_per_s": computed / max(dt, 1e-9), **stats}
 
-    def close(self) -> None:
-        self.run.close()
+    def export(self, out: Path) -> Path:
+        return save_hf(self.model, self.tokenizer, out)
 
 
 def main(cfg: SFTConfig) -> None:
     """Entry point of ``asyncrl sft CONFIG``."""
-    trainer = SFTTrainer(cfg)
-    try:
-        trainer.train_loop()
-    finally:
-        trainer.close()
+    train_to_end(SFTTrainer(cfg))

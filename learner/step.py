@@ -34,6 +34,7 @@ from learner.dapo import overlong_penalty
 from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
+from learner.memory import peak_rss_mb, rss_mb
 from learner.microbatch import micro_batches, split_for_ranks
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
@@ -44,13 +45,25 @@ def policy_forward(model: PreTrainedModel, tb: TrainBatch, temperature: float,
 
     The generators report log-probs of the distribution they sampled from (logits / T), so
     the learner scores the same tempered distribution; otherwise every IS ratio would be off.
+
+    Only grid columns that predict a response token go through the LM head and the
+    log-softmax (``logits_to_keep``): prompt positions never need a ``[V]``-wide logit row,
+    which saves most of the head's compute and memory when prompts are long. Values at the
+    other columns are 0.
     """
+    keep = torch.nonzero(tb.response_mask.sum(0) > 0).squeeze(1)  # [K] columns of the L-1 grid
     out = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
-                use_cache=False)  # a cache would switch off packed-sequence masking
-    logits = out.logits[:, :-1]
+                use_cache=False, logits_to_keep=keep)  # a cache would switch off packed-sequence masking
+    logits = out.logits  # [R, K, V]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    return token_logprobs(logits, tb.targets), entropy_from_logits(logits) if entropy else None
+    lp = _scatter(token_logprobs(logits, tb.targets[:, keep]), keep, tb.targets.shape)
+    return lp, _scatter(entropy_from_logits(logits), keep, tb.targets.shape) if entropy else None
+
+
+def _scatter(values: Tensor, columns: Tensor, shape: torch.Size) -> Tensor:
+    """``[R, K]`` values at ``columns`` of a zero ``[R, L-1]`` grid (differentiable)."""
+    return values.new_zeros(shape).index_copy(1, columns, values)
 
 
 @dataclass
@@ -100,7 +113,8 @@ class Trainer:
         idx = idx or [0]  # a padding pass (see _chunks) computes on one sample with weight 0
         beh = [ro.behaviour[i, :len(ro.response_ids[i])].tolist() for i in idx]
         return build_batch([ro.prompt_ids[i] for i in idx], [ro.response_ids[i] for i in idx], beh,
-                           self.pad_id, packed=self.learner.packing).to(self.device)
+                           self.pad_id, packed=self.learner.packing,
+                           row_tokens=self.learner.pack_row_tokens).to(self.device)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.learner.autocast_bf16)
@@ -175,7 +189,26 @@ class Trainer:
         stats["advantage_abs_mean"] = float((adv.abs() * ro.mask).sum() / ro.mask.sum().clamp(min=1))
         stats["response_len_mean"] = float(ro.lengths.mean())
         stats["staleness_hist"] = dict(Counter(int(s) for s in ro.staleness.tolist()))
+        stats.update(self._memory())
         return stats
+
+    def _memory(self) -> dict[str, float]:
+        """Each rank's current and peak resident memory (MiB), as ``rss_mb_r{rank}``."""
+        mine = torch.tensor([rss_mb(), peak_rss_mb()], dtype=torch.float64)
+        if self.world == 1:
+            every = [mine]
+        else:
+            every = [torch.zeros_like(mine) for _ in range(self.world)]
+            dist.all_gather(every, mine, group=self._cpu_group())
+        out = {}
+        for r, t in enumerate(every):
+            out[f"rss_mb_r{r}"], out[f"peak_rss_mb_r{r}"] = float(t[0]), float(t[1])
+        return out
+
+    def _cpu_group(self) -> dist.ProcessGroup:
+        if not hasattr(self, "_gloo"):
+            self._gloo = dist.new_group(backend="gloo")  # CPU tensors, also when training on NCCL
+        return self._gloo
 
     def _reduce_stats(self, sums: Counter[str], maxes: dict[str, float]) -> dict[str, float]:
         """Weighted sums add up, maxima take the max, over ranks (every rank has the same keys)."""

@@ -134,3 +134,43 @@ class SupervisedRun:
 
 class SaveFn(Protocol):
     def __call__(self, out: Path) -> Path: ...
+
+
+class SupervisedTrainer:
+    """The loop SFT and reward-model training share; subclasses set ``cfg`` and ``run`` and
+    define one optimiser step, evaluation and the HF export."""
+
+    cfg: SupervisedConfig
+    run: SupervisedRun
+
+    def train_step(self, idx: list[int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def export(self, out: Path) -> Path:
+        raise NotImplementedError
+
+    def train_loop(self) -> None:
+        run = self.run
+        rec: dict[str, Any] = {"step": 0, **self.evaluate()}
+        if len(rec) > 1:
+            run.log(rec)
+        for step, epoch, idx in run.batches():
+            t0 = time.perf_counter()
+            rec = {"step": step, "epoch": epoch, **self.train_step(idx), "step_s": time.perf_counter() - t0}
+            if run.due(step, self.cfg.train.eval_every):
+                rec.update(self.evaluate())
+            run.log(rec)
+            run.checkpoint(step, self.export)
+
+    def close(self) -> None:
+        self.run.close()
+
+
+def train_to_end(trainer: SupervisedTrainer) -> None:
+    try:
+        trainer.train_loop()
+    finally:
+        trainer.close()

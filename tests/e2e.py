@@ -43,6 +43,16 @@ def run_up(config: Path, run_dir: Path, overrides: list[str], max_steps: int,
     return subprocess.CompletedProcess(argv, proc.returncode, out, "")
 
 
+def run_cli(command: str, config: Path, run_dir: Path, sets: tuple[str, ...] | list[str],
+            max_steps: int | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """``asyncrl COMMAND CONFIG --run-dir DIR [--max-steps N] --set ...`` to completion, output captured."""
+    argv = [sys.executable, "-m", "cli.main", command, str(config), "--run-dir", str(run_dir)]
+    argv += ["--max-steps", str(max_steps)] if max_steps is not None else []
+    for s in sets:
+        argv += ["--set", s]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+
 def _kill_session(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)

@@ -65,13 +65,17 @@ def test_padded_logprobs_equal_unpadded_on_tiny_llama():
 
 
 def test_packed_layout_places_samples_back_to_back():
-    b = build_batch([[1, 2], [3]], [[4], [5, 6]], [[-0.5], [-1.0, -2.0]], pad_id=0, packed=True)
+    b = build_batch([[1, 2], [3]], [[4], [5, 6]], [[-0.5], [-1.0, -2.0]], pad_id=0, packed=True, row_tokens=6)
     assert b.packed and b.attention_mask is None
     assert b.input_ids.tolist() == [[1, 2, 4, 3, 5, 6]]
     assert b.position_ids.tolist() == [[0, 1, 2, 0, 1, 2]]
     assert b.offsets.tolist() == [0, 3] and b.rows.tolist() == [0, 0]
     assert b.response_mask.tolist() == [[0, 1, 0, 1, 1]]
     assert b.gather_response(b.behaviour_logprobs) == [[-0.5], [-1.0, -2.0]]
+    # rows as long as the longest sample by default: first-fit decreasing
+    b = build_batch([[1], [2], [3, 3]], [[4], [5], [6, 6]], [[0.0], [0.0], [0.0, 0.0]], pad_id=9, packed=True)
+    assert b.input_ids.tolist() == [[3, 3, 6, 6], [1, 4, 2, 5]]
+    assert b.rows.tolist() == [1, 1, 0] and b.offsets.tolist() == [0, 2, 0]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -86,12 +90,13 @@ def test_packed_logprobs_equal_padded_on_tiny_llama(attn):
     responses = [[13, 14], [15, 16, 17, 18, 19], [20], [], [2, 2, 2]]
     zeros = [[0.0] * len(r) for r in responses]
     out = {}
-    for packed in (False, True):
-        b = build_batch(prompts, responses, zeros, pad_id=0, packed=packed)
+    for packed, row in ((False, None), (True, None), (True, 100)):
+        b = build_batch(prompts, responses, zeros, pad_id=0, packed=packed, row_tokens=row)
         with torch.no_grad():
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                            position_ids=b.position_ids, use_cache=False).logits[:, :-1]
-        out[packed] = b.gather_response(token_logprobs(logits, b.targets))
-    assert [len(x) for x in out[True]] == [len(r) for r in responses]
-    for a, p in zip(out[False], out[True]):
-        assert p == pytest.approx(a, abs=1e-5)
+        out[packed, row] = b.gather_response(token_logprobs(logits, b.targets))
+    assert [len(x) for x in out[True, None]] == [len(r) for r in responses]
+    for layout in ((True, None), (True, 100)):
+        for a, p in zip(out[False, None], out[layout]):
+            assert p == pytest.approx(a, abs=1e-5)

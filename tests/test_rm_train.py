@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.e2e import REPO, read_metrics
+from tests.e2e import REPO, read_metrics, run_cli
 
 CONFIG = REPO / "configs" / "rm" / "tiny_rm.toml"
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "tree", "box"]
@@ -30,11 +29,7 @@ def _pairs(n: int, seed: int) -> list[dict]:
 
 
 def rm_train(tmp: Path, *sets: str, max_steps: int = 32) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "cli.main", "rm-train", str(CONFIG), "--run-dir", str(tmp / "run"),
-            "--max-steps", str(max_steps)]
-    for s in sets:
-        argv += ["--set", s]
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run_cli("rm-train", CONFIG, tmp / "run", sets, max_steps)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ bad input, and the export starting an RL run with real vLLM generators."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner.sft import encode_chat
-from tests.e2e import REPO, read_metrics, run_up
+from tests.e2e import REPO, read_metrics, run_cli, run_up
 
 CONFIG = REPO / "configs" / "sft" / "tiny_sft.toml"
 PAIRS = [("Say hi.", "hi there"), ("Count.", "1 2 3 4"), ("Spell cat.", "c-a-t"), ("Color?", "blue"),
@@ -21,11 +20,7 @@ PAIRS = [("Say hi.", "hi there"), ("Count.", "1 2 3 4"), ("Spell cat.", "c-a-t")
 
 
 def sft(tmp: Path, *sets: str, max_steps: int = 60) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "cli.main", "sft", str(CONFIG), "--run-dir", str(tmp / "run"),
-            "--max-steps", str(max_steps)]
-    for s in sets:
-        argv += ["--set", s]
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run_cli("sft", CONFIG, tmp / "run", sets, max_steps)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

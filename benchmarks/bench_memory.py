@@ -1,0 +1,85 @@
+"""Learner memory over a real run: resident memory per rank at step 10 and at the last step
+(goal: within 5% - no leak), and the peak, read from the run's own metrics.jsonl.
+
+    python benchmarks/bench_memory.py                  # tiny config, 100 steps (~3 min on 2 cores)
+    python benchmarks/bench_memory.py --smoke          # 12 steps
+    python benchmarks/bench_memory.py --config configs/quickstart.toml --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, table, write_results  # noqa: E402
+
+
+def free_ports(k: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    for _ in range(k):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny_cpu.toml")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--early", type=int, default=10, help="step whose RSS is the baseline")
+    ap.add_argument("--world-size", type=int, default=1)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.early = 12, 2
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = list(args.sets)
+        if args.config.name == "tiny_cpu.toml" and not any(s.startswith("model.path") for s in sets):
+            from asyncrl.data.arith import write_arith
+            from asyncrl.models.tiny import write_tiny_model
+
+            train, test = write_arith(Path(tmp) / "data", n_train=400, n_test=16)
+            sets += [f"model.path={write_tiny_model(Path(tmp) / 'tiny')}", f"data.train={train}",
+                     f"data.test={test}"]
+        d, t, r, w = free_ports(4)
+        sets += [f"transport.dispatch=127.0.0.1:{d}", f"transport.trajectories=127.0.0.1:{t}",
+                 f'transport.rewards=["127.0.0.1:{r}"]', f"transport.weight_sync=127.0.0.1:{w}",
+                 f"learner.world_size={args.world_size}", "learner.save_final=false", "learner.val_every=0"]
+        run_dir = Path(tmp) / "run"
+        argv = [sys.executable, "-m", "cli.main", "up", str(args.config), "--run-dir", str(run_dir),
+                "--max-steps", str(args.steps)] + [a for s in sets for a in ("--set", s)]
+        print("running:", " ".join(argv[2:6]), f"... ({args.steps} steps)", flush=True)
+        res = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if res.returncode != 0:
+            sys.exit(f"run failed ({res.returncode}):\n{res.stdout[-4000:]}")
+        recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in recs if "rss_mb_r0" in r}
+    rows = []
+    for rank in range(args.world_size):
+        early, last = steps[args.early][f"rss_mb_r{rank}"], steps[args.steps][f"rss_mb_r{rank}"]
+        rows.append({"rank": rank, f"rss_mb_step{args.early}": early, f"rss_mb_step{args.steps}": last,
+                     "growth": last / early - 1, "peak_rss_mb": steps[args.steps][f"peak_rss_mb_r{rank}"]})
+    worst = max(r["growth"] for r in rows)
+    md = table(rows, list(rows[0]))
+    md += (f"\n\nconfig {args.config.name}, {args.steps} steps, world_size {args.world_size}\n\n"
+           f"**RSS growth step {args.early} -> {args.steps}: {worst * 100:+.1f}% (goal within +5%)**")
+    write_results(args.out, "memory", {"rows": rows, "growth_max": worst, "config": str(args.config),
+                                       "steps": args.steps}, md)
+
+
+if __name__ == "__main__":
+    main()
