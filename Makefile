@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
 
-.PHONY: install test test-fast quickstart clean
+.PHONY: install test test-fast quickstart bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ quickstart: $(STAMP)
 	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
 	test -f data/arith/train.parquet || $(VENV)/bin/asyncrl data arith --out data/arith
 	$(VENV)/bin/asyncrl up configs/quickstart.toml --run-dir $(QUICKSTART_DIR)
+
+# Benchmarks (not tests): trl and matplotlib on top of the test install; results in runs/bench.
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[cpu,dev,bench]' 'torch==2.13.0'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
+	$(VENV)/bin/asyncrl bench all --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs

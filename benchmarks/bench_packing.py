@@ -54,8 +54,8 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads) if args.threads else None
     cfg = validate_config({"model": {"path": args.model}, "data": {"train": "x"},
-                           "learner": {"packing": args.mode == "packed", "micro_batch_size": 1000,
-                                       "max_tokens_per_microbatch": args.budget, "lr": 1e-6,
+                           "learner": {"packing": args.mode == "packed", "micro_batch_size": args.mbs,
+                                       "max_tokens_per_microbatch": args.budget or None, "lr": 1e-6,
                                        "autocast_bf16": args.bf16}})
     model, tok = load_policy(Path(args.model), "float32")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -69,15 +69,18 @@ def worker(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         trainer.step(groups, 0)
         times.append(time.perf_counter() - t0)
-    # tokens the forward passes computed on (pad included), from the same micro-batching
-    from learner.microbatch import cost, micro_batches
+    # tokens the forward passes computed on (pad included), from the trainer's own layout
+    from learner.batch import pack_rows
     from learner.rollouts import Rollouts, sample_lengths
 
     lengths = sample_lengths(Rollouts.from_groups(groups, 0))
-    mbs = micro_batches(lengths, max_samples=1000, max_tokens=args.budget, packed=args.mode == "packed")
+    mbs = trainer._chunks(Rollouts.from_groups(groups, 0))
+    computed = 0
+    for mb in mbs:
+        ls = [lengths[i] for i in mb]
+        computed += len(pack_rows(ls, max(ls))[2]) * max(ls) if args.mode == "packed" else len(ls) * max(ls)
     best = min(times)
-    print(json.dumps({"mode": args.mode, "step_s": best, "real_tokens": real,
-                      "computed_tokens": sum(cost(lengths, mb, args.mode == "packed") for mb in mbs),
+    print(json.dumps({"mode": args.mode, "step_s": best, "real_tokens": real, "computed_tokens": computed,
                       "micro_batches": len(mbs), "tokens_per_s": real / best, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -87,13 +90,15 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-response", type=int, default=256)
-    ap.add_argument("--budget", type=int, default=4096, help="learner.max_tokens_per_microbatch")
+    ap.add_argument("--budget", type=int, default=4096, help="learner.max_tokens_per_microbatch (0: none)")
+    ap.add_argument("--mbs", type=int, default=1000, help="learner.micro_batch_size (samples per pass)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="learner.autocast_bf16")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny model, small batch: seconds")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--name", default="packing", help="result file name")
     ap.add_argument("--worker", choices=["packed", "padded"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -104,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = pick_model(args.model, args.smoke, Path(tmp))
         common = [__file__, "--model", str(model), "--prompts", str(args.prompts), "--n", str(args.n),
-                  "--max-response", str(args.max_response), "--budget", str(args.budget), "--repeats",
+                  "--max-response", str(args.max_response), "--budget", str(args.budget), "--mbs", str(args.mbs), "--repeats",
                   str(args.repeats), "--seed", str(args.seed), "--threads", str(args.threads)]
         common += ["--bf16"] if args.bf16 else []
         rows = [run_worker(common + ["--worker", mode]) for mode in ("padded", "packed")]
@@ -114,8 +119,8 @@ def main() -> None:
     md = table(rows, ["mode", "real_tokens", "computed_tokens", "micro_batches", "step_s", "tokens_per_s",
                       "peak_rss_mb"])
     md += (f"\n\nmodel: {model.name}; batch {args.prompts} prompts x {args.n} samples; token budget "
-           f"{args.budget}\n\n**packed / padded tokens/s = {ratio:.2f}x; peak RSS packed / padded = {mem:.2f}**")
-    write_results(args.out, "packing", {"model": str(model), "rows": rows, "speedup": ratio, "rss_ratio": mem,
+           f"{args.budget or 'none'}, at most {args.mbs} samples per pass\n\n**packed / padded tokens/s = {ratio:.2f}x; peak RSS packed / padded = {mem:.2f}**")
+    write_results(args.out, args.name, {"model": str(model), "rows": rows, "speedup": ratio, "rss_ratio": mem,
                                         "args": {k: str(v) for k, v in vars(args).items()}}, md)
 
 

@@ -154,5 +154,39 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
     _run("rm-train", go)
 
 
+BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",
+              "async": "bench_async", "weight-sync": "bench_weight_sync", "trl": "bench_trl",
+              "scaling": "bench_scaling"}
+
+
+@app.command()
+def bench(suite: str = typer.Argument(..., help=f"One of {', '.join(BENCHMARKS)}, or all."),
+          smoke: bool = typer.Option(False, "--smoke", help="Seconds-long versions on a tiny model (CI)."),
+          out: Path = typer.Option(Path("runs/bench"), "--out", help="Results directory (markdown + JSON)."),
+          extra: Optional[list[str]] = typer.Argument(None, help="Passed on to the benchmark script.")) -> None:
+    """Run benchmark SUITE; each writes <out>/<name>.md and .json (ratios measured side by side)."""
+    import subprocess
+
+    names = list(BENCHMARKS) if suite == "all" else [suite]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        typer.echo(f"asyncrl bench: unknown suite {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}, all", err=True)
+        raise typer.Exit(2)
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    failed = []
+    for name in names:
+        script = root / f"{BENCHMARKS[name]}.py"
+        if not script.is_file():
+            typer.echo(f"asyncrl bench: {script} is missing", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"== {name} ==")
+        argv = [sys.executable, str(script), "--out", str(out)] + (["--smoke"] if smoke else []) + list(extra or [])
+        if subprocess.run(argv).returncode != 0:
+            failed.append(name)
+    if failed:
+        typer.echo(f"asyncrl bench: failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

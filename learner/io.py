@@ -36,6 +36,8 @@ class LearnerIO(threading.Thread):
         self.synced: dict[bytes, int] = {}
         self.drops = DropCounter("learner")
         self.duplicates = 0
+        self.transport_s = 0.0  # seconds the I/O thread spent receiving and decoding trajectories
+        self.bytes_in = 0
         self.cond = threading.Condition()
         self.commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.error: BaseException | None = None
@@ -143,12 +145,16 @@ class LearnerIO(threading.Thread):
             self._send(gen, messages.encode("prompts", items=items))
 
     def _on_trajectory(self) -> None:
+        t0 = time.perf_counter()
         data = self.pull.recv()
+        self.bytes_in += len(data)
         try:
             batch = schema.decode_batch(data)
         except schema.SchemaError as e:
             self.drops.drop("trajectory", str(e))
             return
+        finally:
+            self.transport_s += time.perf_counter() - t0  # receive + Arrow decode/validation
         gid = int(batch.column("group_id")[0].as_py())
         with self.cond:
             if batch.column("split")[0].as_py() == "val":

@@ -176,10 +176,13 @@ class Learner(LearnerRank):
                 log.info("generators serve the resumed weights v%d (%.2fs); continuing at step %d",
                          self.version, secs, self.start_step + 1)
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
+                t_wait = time.perf_counter()
                 groups = self._next_batch()
+                t_train = time.perf_counter()
                 staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
                 self.ranks.send("step", step_payload(groups, self.version))
                 stats = self.trainer.step(groups, self.version)
+                stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
                 self._settle(groups)
                 self.version += 1
                 sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
@@ -310,6 +313,7 @@ class Learner(LearnerRank):
             "sample_version_min": min(versions), "sample_version_max": max(versions),
             "time_s": time_s, "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered, "reward_errors": errors,
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
+            "transport_s_total": self.io.transport_s, "trajectory_mb_total": self.io.bytes_in / 2**20,
             **stats,
         }
 

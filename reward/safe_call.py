@@ -8,6 +8,10 @@ Each item must finish within ``timeout_s`` of the previous result. A function th
 raises, returns something other than a finite number (or a veRL-style dict with a
 ``"score"``), or runs past the timeout scores ``(0.0, "<error>")``; on a timeout the
 child is killed and a fresh one started for the remaining items. The caller never raises.
+
+Requests and results cross the pipe as msgpack bytes (nothing is pickled), and the child's
+Python-level stdout/stderr are capped (:data:`OUTPUT_LIMIT` bytes, then dropped with one
+notice), so a function printing gigabytes cannot flood the worker's logs.
 """
 
 from __future__ import annotations
@@ -16,12 +20,43 @@ import math
 import multiprocessing as mp
 import numbers
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+import msgpack
+
 Item = tuple[str, str, str, str, dict[str, Any]]  # fn_name, data_source, response, ground_truth, extra_info
 Result = tuple[float, str | None]
+OUTPUT_LIMIT = 64 * 1024
+
+
+class _CappedStream:
+    """A text stream forwarding the first ``limit`` characters, then dropping the rest."""
+
+    def __init__(self, target: Any, limit: int) -> None:
+        self.target, self.left, self.noted = target, limit, False
+
+    def write(self, text: str) -> int:
+        if self.left > 0:
+            self.target.write(text[:self.left])
+            self.left -= len(text)
+        elif not self.noted:
+            self.noted = True
+            self.target.write(f"\n[reward function output beyond {OUTPUT_LIMIT} characters dropped]\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    conn.send_bytes(msgpack.packb(obj))
+
+
+def _recv(conn: Connection) -> Any:
+    return msgpack.unpackb(conn.recv_bytes(), strict_map_key=False)
 
 
 def _score_one(cache: dict[str, Any], item: Item) -> Result:
@@ -46,19 +81,21 @@ def _score_one(cache: dict[str, Any], item: Item) -> Result:
 def _child_main(conn: Connection) -> None:
     """Worker loop: receive a list of items, send back one result per item as it finishes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    sys.stdout = _CappedStream(sys.stdout, OUTPUT_LIMIT)  # type: ignore[assignment]
+    sys.stderr = _CappedStream(sys.stderr, OUTPUT_LIMIT)  # type: ignore[assignment]
     import reward.functions  # noqa: F401 - import before "ready" so start-up is not timed
 
     cache: dict[str, Any] = {}
-    conn.send("ready")
+    _send(conn, "ready")
     while True:
         try:
-            items = conn.recv()
+            items = _recv(conn)
         except (EOFError, OSError):
             return
         if items is None:
             return
         for item in items:
-            conn.send(_score_one(cache, item))
+            _send(conn, list(_score_one(cache, tuple(item))))
 
 
 class SafeRewardCaller:
@@ -87,7 +124,7 @@ class SafeRewardCaller:
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
-        if not parent.poll(self.start_timeout_s) or parent.recv() != "ready":
+        if not parent.poll(self.start_timeout_s) or _recv(parent) != "ready":
             self._kill()
             raise RuntimeError(f"reward worker did not start within {self.start_timeout_s} s")
 
@@ -103,7 +140,8 @@ class SafeRewardCaller:
         """The next result, or an error after killing a child that hung or died."""
         try:
             if self._conn.poll(self.timeout_s):
-                return self._conn.recv()
+                score, error = _recv(self._conn)
+                return float(score), error
             error = f"{fn_name} timed out after {self.timeout_s} s"
         except (EOFError, OSError):
             self._proc.join(1)
@@ -123,8 +161,8 @@ class SafeRewardCaller:
             except Exception as exc:  # noqa: BLE001 - reported per item instead
                 return results + [(0.0, f"reward worker could not start: {exc}")] * len(pending)
             try:
-                self._conn.send(pending)
-            except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable extra_info
+                _send(self._conn, [list(item) for item in pending])
+            except Exception as exc:  # noqa: BLE001 - e.g. extra_info msgpack cannot encode
                 self._kill()
                 if len(pending) == 1:
                     results.append((0.0, f"could not send item to reward worker: {type(exc).__name__}: {exc}"))
@@ -159,7 +197,7 @@ class SafeRewardCaller:
         with self._lock:
             if self._conn is not None:
                 try:
-                    self._conn.send(None)
+                    _send(self._conn, None)
                 except (OSError, ValueError):
                     pass
             if self._proc is not None:

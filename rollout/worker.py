@@ -22,6 +22,7 @@ from asyncrl import messages, schema
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.transport import DropCounter, make_socket, tcp
 from asyncrl.weight_sync import default_backend
+from rollout.stats import GeneratorStats
 
 log = logging.getLogger("rollout")
 
@@ -69,6 +70,7 @@ class Generator:
         self.tokens_done = 0
         self.stopping = False
         self.failure: BaseException | None = None
+        self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -99,6 +101,7 @@ class Generator:
         while not self.stopping:
             if self.failure is not None:
                 raise RuntimeError(f"generation failed: {self.failure!r}") from self.failure
+            self.stats.maybe_write(self.version)
             if not await self.control.poll(500):
                 continue
             data = await self.control.recv()
@@ -113,7 +116,9 @@ class Generator:
                     self.tasks.add(task)
                     task.add_done_callback(self._task_done)
             elif msg["type"] == "sync":
+                t0 = time.perf_counter()
                 await self._apply_sync(msg)
+                self.stats.paused(time.perf_counter() - t0)
             elif msg["type"] == "stop":
                 self.stopping = True
             else:
@@ -133,12 +138,18 @@ class Generator:
             max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
             seed=item.get("seed"))  # per-prompt seed from the dispatcher: reproducible across resumes
         version, start = self.version, time.time()
+        self.stats.begin()
         jobs = [self._request(item, params, f"g{self.index}-{item['group_id']}")]
         if item.get("greedy_baseline"):  # ReMax: one greedy reply per prompt as the baseline
             greedy = SamplingParams(n=1, temperature=0.0, max_tokens=item["max_tokens"], logprobs=0,
                                     output_kind=RequestOutputKind.FINAL_ONLY)
             jobs.append(self._request(item, greedy, f"g{self.index}-{item['group_id']}-greedy"))
-        outputs = await asyncio.gather(*jobs)
+        outputs: list[Any] = []
+        try:
+            outputs = await asyncio.gather(*jobs)
+        finally:
+            done = [c for o in outputs for c in o.outputs]
+            self.stats.end(len(done), sum(len(c.token_ids) for c in done))
         rows = [self._row(item, c, version, start) for c in sorted(outputs[0].outputs, key=lambda c: c.index)]
         if len(outputs) > 1:
             rows.append({**self._row(item, outputs[1].outputs[0], version, start),
@@ -184,6 +195,7 @@ class Generator:
         await self._send("synced", generator=self.index, version=self.version, seconds=secs)
 
     async def close(self) -> None:
+        self.stats.maybe_write(self.version, force=True)
         for t in list(self.tasks):
             t.cancel()
         if self.engine is not None:

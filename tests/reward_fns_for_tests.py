@@ -36,3 +36,9 @@ def verl_dict(data_source: str, response: str, ground_truth: str, extra_info: di
 
 def die(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
     os._exit(3)
+
+
+def chatty(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
+    for _ in range(100):
+        print("x" * 100_000)  # 10 MB of output
+    return 0.25

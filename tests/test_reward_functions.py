@@ -99,7 +99,7 @@ def test_safe_caller_scores_and_reports_errors(caller: SafeRewardCaller) -> None
     assert caller.score(f"{T}:verl_dict", "x", "r", "g", {}) == (0.5, None)
     reward, error = caller.score("nope", "x", "r", "g", {})
     assert reward == 0.0 and "unknown reward function 'nope'" in error
-    reward, error = caller.score("gsm8k", "x", "r", "g", {"bad": lambda: 0})  # unpicklable extra_info
+    reward, error = caller.score("gsm8k", "x", "r", "g", {"bad": lambda: 0})  # extra_info msgpack cannot encode
     assert reward == 0.0 and "could not send" in error
     assert caller.score("gsm8k", "openai/gsm8k", "#### 3", "3", {}) == (1.0, None)
 
@@ -134,3 +134,12 @@ def test_safe_caller_batch_is_one_round_trip_and_fast(caller: SafeRewardCaller) 
     results = caller.score_batch(items)
     assert all(r == (1.0, None) for r in results)
     assert time.monotonic() - t0 < 5
+
+
+def test_output_flood_is_capped(capfd: pytest.CaptureFixture[str]) -> None:
+    """A function printing 10 MB still scores, and at most ~64 KiB of its output gets through."""
+    with SafeRewardCaller(timeout_s=10.0) as own:  # started under capfd, so its output is captured
+        assert own.score("tests.reward_fns_for_tests:chatty", "x", "r", "1", {}) == (0.25, None)
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 200_000
+    assert "output beyond" in out + err

@@ -1,0 +1,53 @@
+"""Each benchmark still runs (smoke versions: tiny model, seconds) and writes its results;
+the figures themselves are not asserted against goals here (benchmarks are not timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import REPO
+
+
+def bench(name: str, out: Path, *extra: str, timeout: float = 600) -> dict:
+    res = subprocess.run([sys.executable, "-m", "cli.main", "bench", name, "--smoke", "--out", str(out), *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    files = sorted(out.glob("*.json"))
+    assert files, res.stdout[-2000:]
+    return json.loads(files[-1].read_text())
+
+
+def test_packing_smoke(tmp_path: Path) -> None:
+    r = bench("packing", tmp_path)
+    assert {row["mode"] for row in r["rows"]} == {"padded", "packed"} and r["speedup"] > 0
+    assert all(row["peak_rss_mb"] > 0 for row in r["rows"])
+
+
+def test_transport_smoke(tmp_path: Path) -> None:
+    r = bench("transport", tmp_path)
+    assert r["ratio"] > 0 and all(row["MB_per_s"] > 0 for row in r["rows"])
+
+
+@pytest.mark.slow
+def test_memory_smoke(tmp_path: Path) -> None:
+    r = bench("memory", tmp_path)
+    assert r["rows"][0]["peak_rss_mb"] > 0 and "growth_max" in r
+
+
+@pytest.mark.slow
+def test_async_smoke(tmp_path: Path) -> None:
+    r = bench("async", tmp_path, "--seconds", "8")
+    assert [row["mode"] for row in r["rows"]] == ["sync", "async"]
+    assert all(row["samples_per_s"] > 0 and 0 < row["generator_busy"] <= 1.0 for row in r["rows"])
+    assert (tmp_path / "async_vs_sync.png").is_file()
+
+
+def test_unknown_suite_exits_2(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "cli.main", "bench", "nope"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "unknown suite 'nope'" in res.stderr
