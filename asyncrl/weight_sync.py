@@ -6,7 +6,11 @@ TCPStore at ``transport.weight_sync``, so it never touches vLLM's own groups or 
 learner's FSDP group. A sync is announced by a ``sync`` control message carrying
 ``tensors`` = [[name, dtype, shape], ...] in broadcast order; both sides derive the
 same buckets from it with :func:`plan_buckets`, so only raw tensor bytes cross the
-group. Every collective carries the group timeout, so a missing peer fails loudly.
+group: each bucket is one flat tensor in the generators' dtype, filled by a single
+casting copy, and the next bucket is packed while the previous one is on the wire.
+
+Every wait has a timeout and fails with :class:`WeightSyncTimeout` naming the side that
+did not arrive: the ranks missing at the rendezvous, or the bucket a broadcast stalled on.
 """
 
 from __future__ import annotations
@@ -22,8 +26,16 @@ TensorMeta = tuple[str, str, list[int]]  # name, dtype name, shape
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class WeightSyncTimeout(RuntimeError):
+    """A weight-sync rendezvous or broadcast did not complete in time; says who is missing."""
+
+
 def dtype_of(name: str) -> torch.dtype:
     return _DTYPES[name]
+
+
+def _role(rank: int) -> str:
+    return "learner" if rank == 0 else f"generator {rank - 1}"
 
 
 class SyncGroup:
@@ -32,22 +44,60 @@ class SyncGroup:
     def __init__(self, host: str, port: int, rank: int, world_size: int, *, timeout_s: float,
                  backend: str = "gloo") -> None:
         timeout = timedelta(seconds=timeout_s)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
+        self.where = f"weight-sync group at {host}:{port}"
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
-                                   wait_for_workers=False, use_libuv=True)
+        try:
+            self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
+                                       wait_for_workers=False, use_libuv=True)
+        except (RuntimeError, dist.DistStoreError) as e:
+            raise WeightSyncTimeout(f"{self.where}: {_role(rank)} could not reach the learner's store within "
+                                    f"{timeout_s:.0f}s ({e})") from None
+        self.store.set(f"asyncrl_joined/{rank}", "1")
         prefixed = dist.PrefixStore("asyncrl_weight_sync", self.store)
-        if backend == "gloo":
-            self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
-        elif backend == "nccl":
-            self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size)
-        else:
-            raise ValueError(f"unknown weight-sync backend {backend!r}")
+        try:
+            if backend == "gloo":
+                self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+            elif backend == "nccl":
+                self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size)
+            else:
+                raise ValueError(f"unknown weight-sync backend {backend!r}")
+        except (RuntimeError, dist.DistError) as e:
+            raise WeightSyncTimeout(f"{self.where}: {_role(rank)} waited {timeout_s:.0f}s; "
+                                    f"{self._missing()} did not join ({type(e).__name__})") from None
 
-    def broadcast(self, tensor: torch.Tensor) -> None:
+    def _missing(self) -> str:
+        missing = []
+        for r in range(self.world_size):
+            try:
+                if not self.store.check([f"asyncrl_joined/{r}"]):
+                    missing.append(_role(r))
+            except Exception:  # noqa: BLE001 - the store itself is gone: the learner is
+                return "the learner (its store is unreachable)"
+        return ", ".join(missing) if missing else "a peer (all registered, the rendezvous failed)"
+
+    def broadcast_async(self, tensor: torch.Tensor) -> dist.Work:
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        self.pg.broadcast([tensor], opts).wait()
+        return self.pg.broadcast([tensor], opts)
+
+    def wait(self, work: dist.Work, what: str) -> None:
+        """Wait for ``work``; on a timeout name the side that stopped answering."""
+        try:
+            ok = work.wait(timedelta(seconds=self.timeout_s))
+        except (RuntimeError, dist.DistError) as e:
+            raise self._stalled(what, e) from None
+        if ok is False:
+            raise self._stalled(what, None)
+
+    def _stalled(self, what: str, e: BaseException | None) -> WeightSyncTimeout:
+        other = "a generator stopped receiving" if self.rank == 0 else "the learner stopped sending"
+        detail = f" ({type(e).__name__}: {str(e)[:200]})" if e is not None else ""
+        return WeightSyncTimeout(f"{self.where}: {what} did not complete within {self.timeout_s:.0f}s: "
+                                 f"{other}{detail}")
+
+    def broadcast(self, tensor: torch.Tensor, what: str = "broadcast") -> None:
+        self.wait(self.broadcast_async(tensor), what)
 
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
@@ -78,26 +128,48 @@ def tensor_metas(named: Iterable[tuple[str, torch.Tensor]], dtype: str) -> list[
     return [(name, dtype, list(t.shape)) for name, t in named]
 
 
-def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: str,
-               bucket_bytes: int) -> int:
-    """Broadcast tensors (cast to ``dtype``) bucket by bucket from rank 0; return bytes sent."""
-    metas = tensor_metas(named, dtype)
+def _pack(named: list[tuple[str, torch.Tensor]], bucket: list[int], dtype: torch.dtype,
+          device: torch.device) -> torch.Tensor:
+    """One flat tensor of the bucket's tensors, cast while copied (no per-tensor temporaries)."""
+    flat = torch.empty(sum(named[i][1].numel() for i in bucket), dtype=dtype, device=device)
+    offset = 0
+    for i in bucket:
+        t = named[i][1].detach().reshape(-1)
+        flat[offset:offset + t.numel()].copy_(t)
+        offset += t.numel()
+    return flat
+
+
+def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: int,
+               version: int | None = None) -> int:
+    """Broadcast tensors (cast to ``dtype``) bucket by bucket from rank 0; return bytes sent.
+
+    Bucket ``k + 1`` is packed while bucket ``k`` is being broadcast.
+    """
+    buckets = plan_buckets(tensor_metas(named, dtype), bucket_bytes)
+    tag = f"weight sync v{version}" if version is not None else "weight sync"
     sent = 0
-    for bucket in plan_buckets(metas, bucket_bytes):
-        flat = torch.cat([named[i][1].detach().reshape(-1).to(group.device, dtype_of(dtype)) for i in bucket])
-        group.broadcast(flat)
+    inflight: tuple[dist.Work, torch.Tensor, str] | None = None
+    for k, bucket in enumerate(buckets):
+        flat = _pack(named, bucket, dtype_of(dtype), group.device)
+        if inflight is not None:
+            group.wait(inflight[0], inflight[2])
+        inflight = (group.broadcast_async(flat), flat, f"{tag} bucket {k + 1}/{len(buckets)}")
         sent += flat.numel() * flat.element_size()
+    if inflight is not None:
+        group.wait(inflight[0], inflight[2])
     return sent
 
 
 def receive_state(group: SyncGroup, metas: list[TensorMeta], bucket_bytes: int,
                   device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Receive the buckets of :func:`send_state`; yield (name, tensor) as each bucket lands."""
-    for bucket in plan_buckets(metas, bucket_bytes):
+    buckets = plan_buckets(metas, bucket_bytes)
+    for k, bucket in enumerate(buckets):
         dt = dtype_of(metas[bucket[0]][1])
         sizes = [_numel(metas[i][2]) for i in bucket]
         flat = torch.empty(sum(sizes), dtype=dt, device=device)
-        group.broadcast(flat)
+        group.broadcast(flat, f"weight sync bucket {k + 1}/{len(buckets)}")
         for i, piece in zip(bucket, torch.split(flat, sizes)):
             yield metas[i][0], piece.view(metas[i][2])
 

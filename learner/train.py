@@ -269,7 +269,7 @@ class Learner(LearnerRank):
         metas = tensor_metas(items, cfg.rollout.dtype)
         bucket = cfg.learner.bucket_mb << 20
         self.io.send_all(messages.encode("sync", version=v, tensors=[list(m) for m in metas], bucket_bytes=bucket))
-        send_state(self.sync_group, items, cfg.rollout.dtype, bucket)
+        send_state(self.sync_group, items, cfg.rollout.dtype, bucket, version=v)
         n = cfg.rollout.num_generators
         self.io.wait_for(lambda: True if sum(x >= v for x in self.io.synced.values()) >= n else None,
                          cfg.learner.sync_timeout_s, f"all {n} generator(s) to apply weights v{v}")

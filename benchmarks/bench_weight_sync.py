@@ -1,0 +1,138 @@
+"""Weight sync: a full learner -> generators sync in a real run vs a raw gloo broadcast of the
+same bytes between two processes, measured in one run of this script.
+
+The full sync is what the learner records as ``weight_sync_s``: from the start of gathering
+the state dict, through the bucketed broadcast (cast to the generators' dtype), to every
+generator having paused, reloaded the weights into vLLM in place, and resumed serving. The raw
+broadcast sends the same number of bytes in the same bucket size over a fresh gloo group and
+does nothing else. Also reported: the generators' pause per sync (from their own stats)::
+
+    python benchmarks/bench_weight_sync.py                  # SmolLM2-135M (bf16 generator), 12 syncs
+    python benchmarks/bench_weight_sync.py --generators 2
+    python benchmarks/bench_weight_sync.py --smoke          # tiny model, 4 syncs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, SMOLLM2, table, write_results  # noqa: E402
+from benchmarks.run_control import port_sets, run_up  # noqa: E402
+
+
+def _raw_rank(rank: int, port: int, nbytes: int, bucket: int, repeats: int, out: "mp.Queue[float]") -> None:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0, timeout=timedelta(seconds=120))
+    pg = dist.ProcessGroupGloo(store, rank, 2, timedelta(seconds=120))
+    sizes = [min(bucket, nbytes - i) for i in range(0, nbytes, bucket)]
+    bufs = [torch.ones(s // 2, dtype=torch.bfloat16) for s in sizes]
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    times = []
+    for _ in range(repeats + 1):
+        pg.barrier().wait()
+        t0 = time.perf_counter()
+        for b in bufs:
+            pg.broadcast([b], opts).wait()
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        out.put(statistics.median(times[1:]))
+
+
+def raw_broadcast_s(nbytes: int, bucket: int, repeats: int) -> float:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q: mp.Queue[float] = ctx.Queue()
+    procs = [ctx.Process(target=_raw_rank, args=(r, port, nbytes, bucket, repeats, q)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    result = q.get(timeout=600)
+    for p in procs:
+        p.join()
+    return result
+
+
+def model_bytes(model: Path, dtype_bytes: int) -> int:
+    """Bytes one sync sends: every parameter once (a tied lm_head is not sent), in the generator dtype."""
+    from safetensors import safe_open
+
+    total = 0
+    cfg = json.loads((model / "config.json").read_text())
+    for f in model.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                if cfg.get("tie_word_embeddings") and k == "lm_head.weight":
+                    continue
+                shape = st.get_slice(k).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n * dtype_bytes
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--syncs", type=int, default=12)
+    ap.add_argument("--generators", type=int, default=1)
+    ap.add_argument("--bucket-mb", type=int, default=64)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        from asyncrl.data.arith import write_arith
+
+        train, test = write_arith(tmp_path / "data", n_train=400, n_test=8)
+        if args.smoke or not (SMOLLM2 / "config.json").is_file():
+            from asyncrl.models.tiny import write_tiny_model
+
+            model, config, dtype, dtype_bytes = write_tiny_model(tmp_path / "tiny"), "tiny_cpu.toml", "float32", 4
+            args.syncs = min(args.syncs, 4) if args.smoke else args.syncs
+        else:
+            model, config, dtype, dtype_bytes = SMOLLM2, "quickstart.toml", "bfloat16", 2
+        sets = [f"model.path={model}", f"data.train={train}", f"data.test={test}", "learner.val_every=0",
+                "learner.val_prompts=1", "learner.save_final=false", f"learner.bucket_mb={args.bucket_mb}",
+                f"rollout.num_generators={args.generators}", f"rollout.dtype={dtype}", "learner.sync_every=1",
+                "rollout.max_new_tokens=16", "learner.prompts_per_step=2", "rollout.n=4",
+                "learner.max_staleness=1"]
+        print(f"asyncrl up: {args.syncs} steps, one sync each, {args.generators} generator(s)", flush=True)
+        run = run_up(REPO / "configs" / config, tmp_path / "run", sets + port_sets(), max_steps=args.syncs,
+                     label="sync")
+        nbytes = model_bytes(model, dtype_bytes)
+        print(f"raw gloo broadcast of {nbytes / 2**20:.1f} MiB", flush=True)
+        raw = raw_broadcast_s(nbytes, args.bucket_mb << 20, repeats=args.syncs)
+    full = statistics.median(r["weight_sync_s"] for r in run["steps"][1:] or run["steps"])
+    gens = [g[-1] for g in run["generators"] if g]
+    pause_ms = 1000 * sum(g["paused_s"] for g in gens) / max(1, sum(g["syncs"] for g in gens))
+    rows = [{"path": "raw gloo broadcast (2 processes)", "seconds": raw, "GB_per_s": nbytes / raw / 1e9},
+            {"path": f"full sync into {args.generators} running vLLM generator(s)", "seconds": full,
+             "GB_per_s": nbytes / full / 1e9}]
+    ratio = raw / full
+    md = table(rows, ["path", "seconds", "GB_per_s"])
+    md += (f"\n\nmodel {model.name}, {nbytes / 2**20:.1f} MiB per sync ({dtype}), bucket {args.bucket_mb} MiB, "
+           f"median of {len(run['steps'])} syncs\n\n**full sync / raw broadcast effective GB/s = {ratio:.2f} "
+           f"(goal >= 0.5); generator pause per sync = {pause_ms:.0f} ms**")
+    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes,
+                                            "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Weight-sync group: buckets round-trip, and every wait fails in time naming who is missing."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+import torch
+
+from asyncrl.weight_sync import SyncGroup, WeightSyncTimeout, plan_buckets, receive_state, send_state, tensor_metas
+from tests.conftest import free_port
+
+
+def _generator(port: int, rank: int, world: int, mode: str, q: "mp.Queue") -> None:
+    try:
+        g = SyncGroup("127.0.0.1", port, rank, world, timeout_s=3.0)
+        if mode == "receive":
+            metas = [("a", "bfloat16", [3, 5]), ("b", "bfloat16", [7])]
+            got = {k: v.float().tolist() for k, v in receive_state(g, metas, bucket_bytes=32)}
+            q.put(("ok", got))
+        elif mode == "idle":  # joins, then never takes part in a broadcast
+            time.sleep(8)
+            q.put(("ok", None))
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        q.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _start(*args) -> tuple[mp.Process, mp.Queue]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_generator, args=(*args, q), daemon=True)
+    p.start()
+    return p, q
+
+
+def test_buckets_round_trip_cast_to_generator_dtype() -> None:
+    port = free_port()
+    p, q = _start(port, 1, 2, "receive")
+    g = SyncGroup("127.0.0.1", port, 0, 2, timeout_s=30.0)
+    named = [("a", torch.arange(15, dtype=torch.float32).view(3, 5)), ("b", torch.full((7,), 0.5))]
+    assert len(plan_buckets(tensor_metas(named, "bfloat16"), 32)) == 2
+    send_state(g, named, "bfloat16", bucket_bytes=32, version=1)
+    status, got = q.get(timeout=30)
+    p.join(10)
+    assert status == "ok", got
+    assert got["a"] == torch.arange(15, dtype=torch.float32).view(3, 5).tolist() and got["b"] == [0.5] * 7
+
+
+def test_rendezvous_timeout_names_the_missing_generator() -> None:
+    port = free_port()
+    p, q = _start(port, 1, 3, "idle")  # generator 0 joins; generator 1 (rank 2) never comes
+    t0 = time.monotonic()
+    with pytest.raises(WeightSyncTimeout, match=r"learner waited 3s; generator 1 did not join"):
+        SyncGroup("127.0.0.1", port, 0, 3, timeout_s=3.0)
+    assert time.monotonic() - t0 < 30
+    p.kill()
+
+
+def test_stalled_broadcast_names_the_other_side() -> None:
+    port = free_port()
+    p, q = _start(port, 1, 2, "idle")
+    g = SyncGroup("127.0.0.1", port, 0, 2, timeout_s=3.0)
+    t0 = time.monotonic()
+    with pytest.raises(WeightSyncTimeout, match=r"weight sync v7 bucket 1/1 did not complete within 3s: "
+                                                 r"a generator stopped receiving"):
+        send_state(g, [("w", torch.ones(1000))], "float32", bucket_bytes=1 << 20, version=7)
+    assert time.monotonic() - t0 < 30
+    p.kill()
+
+
+def test_generator_without_learner_fails_in_time() -> None:
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(WeightSyncTimeout, match="generator 0 could not reach the learner's store"):
+        SyncGroup("127.0.0.1", port, 1, 2, timeout_s=2.0)
+    assert time.monotonic() - t0 < 30
