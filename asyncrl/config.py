@@ -33,6 +33,12 @@ class RunSection(_Section):
     seed: int = Field(0, description="Seed for data order, sampling engines and model init.")
     resume: bool = Field(False, description="Continue from the newest complete checkpoint in dir/checkpoints "
                          "(`--resume` on the command line).")
+    max_restarts: int = Field(3, ge=0, description="`asyncrl up` restarts a reward worker that dies (any "
+                              "signal) up to this many times, with doubling back-off; also bounds learner "
+                              "restarts when restart_learner is on.")
+    restart_backoff_s: float = Field(2.0, ge=0, description="First restart delay; doubles per restart.")
+    restart_learner: bool = Field(False, description="When the learner dies, restart the whole run from the "
+                                  "newest checkpoint (--resume) instead of stopping.")
 
 
 class ModelSection(_Section):
@@ -131,6 +137,10 @@ class LearnerSection(ShardingFields):
     bucket_mb: int = Field(64, ge=1, description="Weight-broadcast bucket size in MiB.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
     wait_timeout_s: float = Field(600.0, gt=0, description="Max wait for a batch before failing loudly.")
+    redispatch_after_s: float = Field(
+        600.0, ge=0, description="A dispatched prompt whose scored group has not arrived after this long is "
+        "presumed lost with a dead worker and dispatched again (a late original is dropped as a duplicate); "
+        "0: never.")
     save_final: bool = True
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over this many steps (then constant).")
     checkpoint_every: int = Field(0, ge=0, description="Resumable checkpoint (sharded model + optimizer, "

@@ -1,14 +1,20 @@
-"""``asyncrl up``: start every process of a run, forward their logs, stop them together.
+"""``asyncrl up``: start every process of a run, forward their logs, supervise them.
 
 Each child is ``python -m cli.main <role> CONFIG --set ...`` in its own process group
 (so vLLM's engine processes die with their generator). Lines are prefixed with the
 child's name and also written to ``<run dir>/logs/<name>.log``. The run ends with exit
-0 when the learner exits 0; any other exit (or a child dying early) stops everything
-and exits 1 naming the process and its exit code. Ctrl-C stops everything (exit 130).
+0 when the learner exits 0. A reward worker that dies (any signal, kill -9 included) is
+restarted after a doubling back-off, up to ``run.max_restarts`` times; the learner
+re-dispatches the prompts lost with it. When the learner dies the run stops with a
+message naming ``--resume``, or, with ``run.restart_learner``, every process is restarted
+from the newest checkpoint. A generator that dies stops the run (generators cannot yet
+rejoin a running weight-sync group). Every restart is a line in
+``<run dir>/supervisor.jsonl``. Ctrl-C stops everything (exit 130).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -30,6 +36,8 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen | None = None
     tail: list[str] = field(default_factory=list)
+    restarts: int = 0
+    restart_at: float | None = None  # monotonic time of a scheduled restart
 
 
 def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> list[Child]:
@@ -112,31 +120,70 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
     """Start and supervise all processes; return the exit code for ``asyncrl up``."""
     log_dir = cfg.run.dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    children = plan_children(cfg, config_path, overrides)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     interrupted = threading.Event()
     prev = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     prev_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    learner_restarts = 0
     try:
-        for c in children:
-            c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=env, start_new_session=True, cwd=os.getcwd())
-            threading.Thread(target=_forward, args=(c, log_dir), daemon=True).start()
-            log.info("started %s (pid %d)", c.name, c.proc.pid)
-        return _supervise(children, interrupted)
+        while True:
+            children = plan_children(cfg, config_path, overrides)
+            try:
+                for c in children:
+                    _spawn(c, log_dir)
+                code = _supervise(children, interrupted, cfg, log_dir)
+            finally:
+                stop_all(children)
+            if code != LEARNER_DIED:
+                return code
+            if not cfg.run.restart_learner or learner_restarts >= cfg.run.max_restarts or not _has_checkpoint(cfg):
+                log.error("the learner died; resume from the newest checkpoint with: asyncrl up %s --resume%s",
+                          config_path, "" if _has_checkpoint(cfg) else " (none written yet: set "
+                          "learner.checkpoint_every)")
+                return 1
+            learner_restarts += 1
+            _event(cfg, "restart", "all", learner_restarts, "learner died: restarting every process with --resume")
+            overrides = [o for o in overrides if not o.startswith("run.resume=")] + ["run.resume=true"]
+            time.sleep(cfg.run.restart_backoff_s * 2 ** (learner_restarts - 1))
     finally:
-        stop_all(children)
         signal.signal(signal.SIGINT, prev)
         signal.signal(signal.SIGTERM, prev_term)
 
 
-def _supervise(children: list[Child], interrupted: threading.Event) -> int:
+LEARNER_DIED = -1
+
+
+def _spawn(c: Child, log_dir: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, start_new_session=True, cwd=os.getcwd())
+    threading.Thread(target=_forward, args=(c, log_dir), daemon=True).start()
+    log.info("started %s (pid %d)", c.name, c.proc.pid)
+
+
+def _has_checkpoint(cfg: RunConfig) -> bool:
+    root = cfg.run.dir / "checkpoints"
+    return any((p / "manifest.json").is_file() for p in root.glob("step_*")) if root.is_dir() else False
+
+
+def _event(cfg: RunConfig, kind: str, name: str, count: int, why: str) -> None:
+    with open(cfg.run.dir / "supervisor.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "event": kind, "process": name, "count": count,
+                            "why": why}) + "\n")
+
+
+def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConfig, log_dir: Path) -> int:
     learner = next(c for c in children if c.name == "learner")
     while True:
         if interrupted.is_set():
             log.warning("interrupted: stopping all processes")
             return 130
+        now = time.monotonic()
         for c in children:
+            if c.restart_at is not None:
+                if now >= c.restart_at:
+                    c.restart_at = None
+                    _spawn(c, log_dir)
+                continue
             code = c.proc.poll() if c.proc else None
             if code is None:
                 continue
@@ -145,6 +192,14 @@ def _supervise(children: list[Child], interrupted: threading.Event) -> int:
                 return 0
             why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
             last = "\n    ".join(c.tail[-8:])
+            if c.name.startswith("reward-") and c.restarts < cfg.run.max_restarts:
+                c.restarts += 1
+                delay = cfg.run.restart_backoff_s * 2 ** (c.restarts - 1)
+                log.warning("%s %s; restarting it in %.0fs (restart %d of %d). Last lines:\n    %s", c.name, why,
+                            delay, c.restarts, cfg.run.max_restarts, last)
+                _event(cfg, "restart", c.name, c.restarts, why)
+                c.restart_at = now + delay
+                continue
             log.error("%s %s; stopping the run. Last lines:\n    %s", c.name, why, last)
-            return 1
+            return LEARNER_DIED if c is learner else 1
         time.sleep(0.2)

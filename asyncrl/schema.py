@@ -27,6 +27,7 @@ gen_end_time        float64                unix seconds, request end
 reward              float32 (nullable)     filled by the reward worker
 reward_error        string (nullable)      set when the reward function failed (reward = 0)
 is_baseline         bool                   a greedy baseline sample (ReMax), scored, never trained
+attempt             int32                  0 for a prompt's first dispatch, +1 for each re-dispatch
 ==================  =====================  ==================================================
 """
 
@@ -56,9 +57,10 @@ TRAJECTORY_SCHEMA = pa.schema([
     pa.field("reward", pa.float32(), nullable=True),
     pa.field("reward_error", pa.string(), nullable=True),
     pa.field("is_baseline", pa.bool_(), nullable=False),
+    pa.field("attempt", pa.int32(), nullable=False),
 ])
 
-_DEFAULTS = {"is_baseline": False}
+_DEFAULTS = {"is_baseline": False, "attempt": 0}
 
 
 class SchemaError(ValueError):

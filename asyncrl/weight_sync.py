@@ -7,7 +7,8 @@ learner's FSDP group. A sync is announced by a ``sync`` control message carrying
 ``tensors`` = [[name, dtype, shape], ...] in broadcast order; both sides derive the
 same buckets from it with :func:`plan_buckets`, so only raw tensor bytes cross the
 group: each bucket is one flat tensor in the generators' dtype, filled by a single
-casting copy, and the next bucket is packed while the previous one is on the wire.
+casting copy. The learner packs every bucket before announcing the sync, so generators
+pause only for the broadcast and their in-place reload.
 
 Every wait has a timeout and fails with :class:`WeightSyncTimeout` naming the side that
 did not arrive: the ranks missing at the rendezvous, or the bucket a broadcast stalled on.
@@ -140,25 +141,29 @@ def _pack(named: list[tuple[str, torch.Tensor]], bucket: list[int], dtype: torch
     return flat
 
 
-def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: int,
-               version: int | None = None) -> int:
-    """Broadcast tensors (cast to ``dtype``) bucket by bucket from rank 0; return bytes sent.
+def pack_state(named: list[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: int,
+               device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """The buckets of :func:`plan_buckets` as flat tensors in ``dtype``, ready to broadcast.
 
-    Bucket ``k + 1`` is packed while bucket ``k`` is being broadcast.
+    Packing before the ``sync`` message goes out keeps the casts out of the generators' pause.
     """
     buckets = plan_buckets(tensor_metas(named, dtype), bucket_bytes)
+    return [_pack(named, bucket, dtype_of(dtype), torch.device(device)) for bucket in buckets]
+
+
+def broadcast_packed(group: SyncGroup, flats: list[torch.Tensor], version: int | None = None) -> int:
+    """Broadcast packed buckets back to back from rank 0; return bytes sent."""
     tag = f"weight sync v{version}" if version is not None else "weight sync"
-    sent = 0
-    inflight: tuple[dist.Work, torch.Tensor, str] | None = None
-    for k, bucket in enumerate(buckets):
-        flat = _pack(named, bucket, dtype_of(dtype), group.device)
-        if inflight is not None:
-            group.wait(inflight[0], inflight[2])
-        inflight = (group.broadcast_async(flat), flat, f"{tag} bucket {k + 1}/{len(buckets)}")
-        sent += flat.numel() * flat.element_size()
-    if inflight is not None:
-        group.wait(inflight[0], inflight[2])
-    return sent
+    works = [(group.broadcast_async(f), f"{tag} bucket {k + 1}/{len(flats)}") for k, f in enumerate(flats)]
+    for work, what in works:
+        group.wait(work, what)
+    return sum(f.numel() * f.element_size() for f in flats)
+
+
+def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: int,
+               version: int | None = None) -> int:
+    """Pack and broadcast tensors (cast to ``dtype``) from rank 0; return bytes sent."""
+    return broadcast_packed(group, pack_state(named, dtype, bucket_bytes, group.device), version)
 
 
 def receive_state(group: SyncGroup, metas: list[TensorMeta], bucket_bytes: int,

@@ -18,6 +18,7 @@ prompt, and :meth:`Dispatcher.restore` re-dispatches those first after a resume.
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,16 @@ class InFlight:
     generator: bytes
     version_bound: int
     prompt_id: int
+    sent_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What re-dispatching a prompt needs: the same prompt and seed, the next attempt."""
+
+    prompt_id: int
+    seed: int
+    attempt: int = 0
 
 
 def prompt_seed(run_seed: int, epoch: int, prompt_id: int) -> int:
@@ -68,8 +79,10 @@ class Dispatcher:
         self.inflight: dict[int, InFlight] = {}
         self.val_queue: deque[dict[str, Any]] = deque()
         self.by_id = {p.prompt_id: p for p in prompts}
-        self.outstanding: dict[int, tuple[int, int]] = {}  # group id -> (prompt id, seed), until settled
-        self.redo: deque[tuple[int, int]] = deque()  # (prompt id, seed) to dispatch before new prompts
+        self.outstanding: dict[int, Dispatch] = {}  # group id -> dispatch, until trained or dropped
+        self.redo: deque[Dispatch] = deque()  # dispatched before new prompts (lost or resumed ones)
+        self.redispatched = 0  # prompts dispatched again because their group never came back
+        self.samples_lost = 0
         self.hold = False  # while True no train prompt leaves (e.g. until resumed weights are synced)
 
     def _order(self, epoch: int) -> list[int]:
@@ -78,16 +91,15 @@ class Dispatcher:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
         return idx
 
-    def _next_prompt(self) -> tuple[TokenizedPrompt, int]:
+    def _next_prompt(self) -> Dispatch:
         if self.redo:
-            prompt_id, seed = self.redo.popleft()
-            return self.by_id[prompt_id], seed
+            return self.redo.popleft()
         if self.cursor == len(self.order):
             self.epoch += 1
             self.order, self.cursor = self._order(self.epoch), 0
         p = self.prompts[self.order[self.cursor]]
         self.cursor += 1
-        return p, prompt_seed(self.seed, self.epoch, p.prompt_id)
+        return Dispatch(p.prompt_id, prompt_seed(self.seed, self.epoch, p.prompt_id))
 
     def update(self, gen: bytes, version: int, credit: int = 0) -> None:
         self.versions[gen] = max(version, self.versions.get(gen, 0))
@@ -117,14 +129,15 @@ class Dispatcher:
         return items
 
     def _train_item(self, gen: bytes) -> dict[str, Any]:
-        p, seed = self._next_prompt()
+        d = self._next_prompt()
+        p = self.by_id[d.prompt_id]
         gid = self._new_group_id()
         self.dispatched_train += 1
-        self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id)
-        self.outstanding[gid] = (p.prompt_id, seed)
+        self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id, time.monotonic())
+        self.outstanding[gid] = d
         s = self.sampling
         item = _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
-        item["seed"] = seed
+        item["seed"], item["attempt"] = d.seed, d.attempt
         if s.greedy_baseline:
             item["greedy_baseline"] = True
         return item
@@ -134,11 +147,36 @@ class Dispatcher:
         for gid in group_ids:
             self.outstanding.pop(gid, None)
 
+    def lose(self, group_ids: list[int]) -> int:
+        """Give up on in-flight groups (their worker died or they timed out): dispatch each
+        prompt again (same seed, next attempt) before new ones; a late arrival of the old
+        group is then a duplicate. Returns how many were re-queued."""
+        again = []
+        for gid in group_ids:
+            self.inflight.pop(gid, None)
+            d = self.outstanding.pop(gid, None)
+            if d is not None:
+                again.append(Dispatch(d.prompt_id, d.seed, d.attempt + 1))
+        self.redo.extendleft(reversed(again))
+        self.discarded += len(again)  # their admission slots are handed out again
+        self.redispatched += len(again)
+        self.samples_lost += len(again) * self.sampling.n
+        return len(again)
+
+    def expired(self, older_than_s: float) -> list[int]:
+        """In-flight groups dispatched more than ``older_than_s`` ago."""
+        now = time.monotonic()
+        return [g for g, f in self.inflight.items() if now - f.sent_at > older_than_s and g in self.outstanding]
+
+    def of_generator(self, gen: bytes) -> list[int]:
+        """In-flight train groups handed to ``gen``."""
+        return [g for g, f in self.inflight.items() if f.generator == gen and g in self.outstanding]
+
     def state(self) -> dict[str, Any]:
         """JSON-able position in the data: what a resumed dispatcher needs."""
-        pending = [list(self.outstanding[g]) for g in sorted(self.outstanding)]
+        pending = [self.outstanding[g] for g in sorted(self.outstanding)]
         return {"epoch": self.epoch, "cursor": self.cursor, "next_group_id": self.next_group_id,
-                "pending": [list(x) for x in self.redo] + pending}
+                "pending": [[d.prompt_id, d.seed, d.attempt] for d in list(self.redo) + pending]}
 
     def restore(self, state: dict[str, Any], version: int) -> None:
         """Continue from :meth:`state` with the learner at ``version``: outstanding prompts first,
@@ -147,7 +185,8 @@ class Dispatcher:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.order = self._order(self.epoch)
         self.next_group_id = int(state["next_group_id"])
-        self.redo = deque((int(p), int(s)) for p, s in state["pending"] if int(p) in self.by_id)
+        self.redo = deque(Dispatch(int(x[0]), int(x[1]), int(x[2]) if len(x) > 2 else 0)
+                          for x in state["pending"] if int(x[0]) in self.by_id)
         self.dispatched_train, self.discarded = version * self.B, 0
         self.inflight.clear()
         self.outstanding.clear()

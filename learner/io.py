@@ -36,6 +36,8 @@ class LearnerIO(threading.Thread):
         self.synced: dict[bytes, int] = {}
         self.drops = DropCounter("learner")
         self.duplicates = 0
+        self.duplicate_samples = 0
+        self._last_expiry = time.monotonic()
         self.transport_s = 0.0  # seconds the I/O thread spent receiving and decoding trajectories
         self.bytes_in = 0
         self.cond = threading.Condition()
@@ -94,6 +96,7 @@ class LearnerIO(threading.Thread):
                     self._on_control()
                 if self.pull in events:
                     self._on_trajectory()
+                self._expire()
                 self._redispatch()
         except BaseException as e:  # surfaced to the training thread by wait_for
             log.exception("learner I/O thread crashed")
@@ -133,6 +136,9 @@ class LearnerIO(threading.Thread):
         with self.cond:
             kind = msg["type"]
             if kind in ("hello", "credit", "synced"):
+                if kind == "hello" and gen in self.dispatcher.versions:  # a restarted generator
+                    self._lose(self.dispatcher.of_generator(gen), f"{gen.decode(errors='replace')} restarted")
+                    self.dispatcher.credits[gen] = 0  # its old credits died with it
                 self.dispatcher.update(gen, msg["version"], msg.get("count", 0))
                 if kind == "synced":
                     self.synced[gen] = msg["version"]
@@ -161,9 +167,28 @@ class LearnerIO(threading.Thread):
                 self.val_results[gid] = batch
             elif self.dispatcher.arrived(gid) is None:
                 self.duplicates += 1
-                log.warning("dropped group %d: not in flight (duplicate or foreign)", gid)
+                self.duplicate_samples += batch.num_rows
+                log.warning("dropped group %d: not in flight (a late duplicate of a re-dispatched prompt, "
+                            "or foreign)", gid)
             else:
                 self.buffer.add(batch)
+            self.cond.notify_all()
+
+    def _lose(self, gids: list[int], why: str) -> None:
+        """Under the lock: re-queue these in-flight groups' prompts."""
+        if gids:
+            n = self.dispatcher.lose(gids)
+            log.warning("re-dispatching %d prompt(s): %s", n, why)
+
+    def _expire(self) -> None:
+        """Groups out longer than learner.redispatch_after_s are presumed lost (a worker died)."""
+        after = self.cfg.learner.redispatch_after_s
+        now = time.monotonic()
+        if not after or now - self._last_expiry < 1.0:
+            return
+        self._last_expiry = now
+        with self.cond:
+            self._lose(self.dispatcher.expired(after), f"no result within {after:.0f}s")
             self.cond.notify_all()
 
     def _redispatch(self) -> None:

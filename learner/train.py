@@ -18,7 +18,7 @@ from asyncrl import messages
 from asyncrl.config import RunConfig, dump_config, parse_address
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
-from asyncrl.weight_sync import SyncGroup, default_backend, send_state, tensor_metas
+from asyncrl.weight_sync import SyncGroup, broadcast_packed, default_backend, pack_state, tensor_metas
 from learner.advantages import needs_baseline, needs_values
 from learner.critic import load_critic
 from learner.dapo import groups_with_signal
@@ -268,8 +268,9 @@ class Learner(LearnerRank):
         items = broadcast_items(self.model, full_state_dict(self.model))
         metas = tensor_metas(items, cfg.rollout.dtype)
         bucket = cfg.learner.bucket_mb << 20
+        flats = pack_state(items, cfg.rollout.dtype, bucket, self.sync_group.device)  # before generators pause
         self.io.send_all(messages.encode("sync", version=v, tensors=[list(m) for m in metas], bucket_bytes=bucket))
-        send_state(self.sync_group, items, cfg.rollout.dtype, bucket, version=v)
+        broadcast_packed(self.sync_group, flats, version=v)
         n = cfg.rollout.num_generators
         self.io.wait_for(lambda: True if sum(x >= v for x in self.io.synced.values()) >= n else None,
                          cfg.learner.sync_timeout_s, f"all {n} generator(s) to apply weights v{v}")
@@ -313,6 +314,8 @@ class Learner(LearnerRank):
             "sample_version_min": min(versions), "sample_version_max": max(versions),
             "time_s": time_s, "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered, "reward_errors": errors,
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
+            "samples_duplicate_dropped": self.io.duplicate_samples,
+            "samples_lost": self.dispatcher.samples_lost, "prompts_redispatched": self.dispatcher.redispatched,
             "transport_s_total": self.io.transport_s, "trajectory_mb_total": self.io.bytes_in / 2**20,
             **stats,
         }

@@ -171,6 +171,7 @@ class Generator:
         ids = list(comp.token_ids)
         return {
             "prompt_id": item["prompt_id"], "group_id": item["group_id"], "sample_index": comp.index,
+            "attempt": int(item.get("attempt", 0)),
             "split": item["split"], "data_source": item["data_source"],
             "ground_truth": item["ground_truth"], "prompt_token_ids": item["prompt_token_ids"],
             "response_token_ids": ids, "behaviour_logprobs": sampled_logprobs(ids, comp.logprobs),

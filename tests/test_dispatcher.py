@@ -111,7 +111,7 @@ def test_state_and_restore_redispatch_outstanding_prompts_first() -> None:
     d.arrived(items[0]["group_id"])
     d.settle([items[0]["group_id"], items[1]["group_id"]])  # two trained, two outstanding
     state = d.state()
-    assert state["pending"] == [[it["prompt_id"], it["seed"]] for it in items[2:]]
+    assert state["pending"] == [[it["prompt_id"], it["seed"], 0] for it in items[2:]]
 
     fresh = _dispatcher(B=2, s=1)
     fresh.restore(state, version=1)
@@ -120,7 +120,7 @@ def test_state_and_restore_redispatch_outstanding_prompts_first() -> None:
     assert fresh.take(b"h") == []  # held until the resumed weights are served
     fresh.hold = False
     again = fresh.take(b"h")
-    assert [(it["prompt_id"], it["seed"]) for it in again[:2]] == [tuple(p) for p in state["pending"]]
+    assert [[it["prompt_id"], it["seed"], it["attempt"]] for it in again[:2]] == state["pending"]
     # then the data continues where the first dispatcher stopped, with fresh group ids
     cont = d.take(b"g") or (d.update(b"g", version=1), d.take(b"g"))[1]
     assert [it["prompt_id"] for it in again[2:]] == [it["prompt_id"] for it in cont][:len(again) - 2]
@@ -132,3 +132,18 @@ def test_seeds_depend_on_prompt_and_epoch_only() -> None:
 
     assert prompt_seed(0, 0, 5) == prompt_seed(0, 0, 5)
     assert len({prompt_seed(0, 0, 5), prompt_seed(0, 1, 5), prompt_seed(1, 0, 5), prompt_seed(0, 0, 6)}) == 4
+
+
+def test_lost_groups_are_dispatched_again_with_the_next_attempt() -> None:
+    d = _dispatcher(B=2, s=0)
+    d.update(b"g", version=0, credit=10)
+    first = d.take(b"g")
+    assert len(first) == 2 and d.take(b"g") == []  # admission: one step's worth
+    assert d.of_generator(b"g") == [it["group_id"] for it in first]
+    assert d.expired(3600) == [] and len(d.expired(-1)) == 2
+    assert d.lose([first[0]["group_id"]]) == 1
+    again = d.take(b"g")  # the lost slot is free again; the same prompt and seed come first
+    assert [(it["prompt_id"], it["seed"], it["attempt"]) for it in again] == [
+        (first[0]["prompt_id"], first[0]["seed"], 1)]
+    assert d.arrived(first[0]["group_id"]) is None  # the old group arriving late is a duplicate
+    assert d.redispatched == 1 and d.samples_lost == 4

@@ -13,8 +13,9 @@ from tests.conftest import free_port
 
 
 def _generator(port: int, rank: int, world: int, mode: str, q: "mp.Queue") -> None:
+    q.put("ready")  # imports done: joining takes milliseconds from here
     try:
-        g = SyncGroup("127.0.0.1", port, rank, world, timeout_s=3.0)
+        g = SyncGroup("127.0.0.1", port, rank, world, timeout_s=30.0)
         if mode == "receive":
             metas = [("a", "bfloat16", [3, 5]), ("b", "bfloat16", [7])]
             got = {k: v.float().tolist() for k, v in receive_state(g, metas, bucket_bytes=32)}
@@ -31,6 +32,8 @@ def _start(*args) -> tuple[mp.Process, mp.Queue]:
     q = ctx.Queue()
     p = ctx.Process(target=_generator, args=(*args, q), daemon=True)
     p.start()
+    assert q.get(timeout=120) == "ready"
+    time.sleep(0.5)
     return p, q
 
 
