@@ -208,6 +208,9 @@ class TransportSection(_Section):
     weight_sync: str = Field("127.0.0.1:5570", description="torch.distributed TCPStore of the sync group.")
     bind_host: str | None = Field(None, description="Interface to bind instead of each address's host.")
     max_message_mb: int = Field(256, ge=1, description="Larger incoming messages are rejected.")
+    curve_dir: Path | None = Field(None, description="ZeroMQ CURVE keys (`asyncrl keys --out DIR`): encrypt "
+                                   "every socket, accept only authorized clients. Use it when binding "
+                                   "beyond loopback.")
 
     @model_validator(mode="after")
     def _check_addresses(self) -> "TransportSection":

@@ -69,6 +69,7 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
     require_model_dir(cfg.model.path, "model.path")
+    _check_transport(cfg)
     if cfg.run.resume:
         from asyncrl.errors import CheckpointError
         from learner.checkpoint import Checkpointer
@@ -81,6 +82,26 @@ def check_inputs(cfg: RunConfig) -> None:
                 load_prompts(path)
             except DataError as e:
                 raise DataError(f"{key}: {e}") from None
+
+
+def _check_transport(cfg: RunConfig) -> None:
+    """CURVE key files must exist; binding beyond loopback without CURVE gets a warning."""
+    from asyncrl.config import parse_address
+    from asyncrl.transport import is_loopback
+
+    t = cfg.transport
+    if t.curve_dir is not None:
+        from asyncrl.curve import CurveKeys
+
+        keys = CurveKeys(t.curve_dir)
+        keys.server()
+        keys.client()
+        return
+    hosts = {t.bind_host} if t.bind_host else {parse_address(a)[0] for a in [t.dispatch, t.trajectories, *t.rewards]}
+    open_hosts = sorted(h for h in hosts if not is_loopback(h))
+    if open_hosts:
+        log.warning("sockets bind to %s without authentication: anyone who can reach them can send messages "
+                    "(set transport.curve_dir; create keys with `asyncrl keys --out DIR`)", ", ".join(open_hosts))
 
 
 def _forward(child: Child, log_dir: Path) -> None:

@@ -2,7 +2,7 @@
 (goal: within 5% - no leak), and the peak, read from the run's own metrics.jsonl.
 
     python benchmarks/bench_memory.py                  # tiny config, 100 steps (~3 min on 2 cores)
-    python benchmarks/bench_memory.py --smoke          # 12 steps
+    python benchmarks/bench_memory.py --smoke          # 6 steps
     python benchmarks/bench_memory.py --config configs/quickstart.toml --steps 100
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
     if args.smoke:
-        args.steps, args.early = 12, 2
+        args.steps, args.early = 6, 2
     with tempfile.TemporaryDirectory() as tmp:
         sets = list(args.sets)
         if args.config.name == "tiny_cpu.toml" and not any(s.startswith("model.path") for s in sets):

@@ -45,11 +45,12 @@ def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
 def _run(role: str, fn: Callable[[], object]) -> None:
     """The one error handler per process: bad input → exit 2, failures → exit 1."""
     from asyncrl.data.schema import DataError
+    from asyncrl.curve import CurveError
     from asyncrl.errors import CheckpointError
 
     try:
         fn()
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, CurveError) as e:
         typer.echo(f"asyncrl {role}: {e}", err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
@@ -152,6 +153,17 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
         from learner.rm_train import main
         main(cfg)
     _run("rm-train", go)
+
+
+@app.command()
+def keys(out: Path = typer.Option(..., "--out", help="Directory for the CURVE key files.")) -> None:
+    """Create ZeroMQ CURVE keys for transport.curve_dir (server + client pair, authorized/ folder)."""
+    def go() -> None:
+        from asyncrl.curve import create_keys
+        d = create_keys(out)
+        typer.echo(f"wrote CURVE keys to {d}: binding hosts need server.key_secret and authorized/, "
+                   f"connecting hosts client.key_secret and server.key; set transport.curve_dir = \"{d}\"")
+    _run("keys", go)
 
 
 BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",

@@ -20,7 +20,7 @@ import zmq
 
 from asyncrl import messages, schema
 from asyncrl.config import RunConfig
-from asyncrl.transport import DropCounter, make_socket, tcp
+from asyncrl.transport import DropCounter, make_socket, start_authenticator, tcp
 from learner.buffer import GroupBuffer
 from learner.dispatcher import Dispatcher
 
@@ -46,10 +46,11 @@ class LearnerIO(threading.Thread):
         self._stop_flag = threading.Event()
         self.ctx = zmq.Context()
         t, mb = cfg.transport, cfg.transport.max_message_mb
-        self.router = make_socket(self.ctx, zmq.ROUTER, max_message_mb=mb)
+        self.auth = start_authenticator(self.ctx, t.curve_dir)
+        self.router = make_socket(self.ctx, zmq.ROUTER, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.bind(tcp(t.dispatch, t.bind_host))
-        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb)
+        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
         self.pull.bind(tcp(t.trajectories, t.bind_host))
 
     # ---- called from the training thread -------------------------------------------
@@ -104,6 +105,8 @@ class LearnerIO(threading.Thread):
                 self.error = e
                 self.cond.notify_all()
         finally:
+            if self.auth is not None:
+                self.auth.stop()
             self.ctx.destroy(linger=500)
 
     def _run_commands(self) -> None:

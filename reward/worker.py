@@ -17,7 +17,7 @@ import zmq
 
 from asyncrl import schema
 from asyncrl.config import RunConfig
-from asyncrl.transport import DropCounter, make_socket, tcp
+from asyncrl.transport import DropCounter, make_socket, start_authenticator, tcp
 from reward.functions import default_reward_name, get_reward_fn
 from reward.safe_call import SafeRewardCaller
 
@@ -40,9 +40,10 @@ class RewardWorker:
         self.drops = DropCounter(f"reward worker {index}")
         self.ctx = zmq.Context()
         t, mb = cfg.transport, cfg.transport.max_message_mb
-        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb)
+        self.auth = start_authenticator(self.ctx, t.curve_dir)
+        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
         self.pull.bind(tcp(t.rewards[index], t.bind_host))
-        self.push = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb)
+        self.push = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb, curve_dir=t.curve_dir)
         self.push.connect(tcp(t.trajectories))
         self.scored = self.errors = 0
         self.running = True
@@ -102,6 +103,8 @@ class RewardWorker:
     def close(self) -> None:
         if self.caller is not None:
             self.caller.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=2000)
 
 

@@ -82,10 +82,10 @@ class Generator:
                                        cfg.learner.sync_timeout_s, default_backend()))
         self.ctx = zmq.asyncio.Context()
         mb = cfg.transport.max_message_mb
-        self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb)
+        self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
         self.control.setsockopt(zmq.IDENTITY, f"gen-{self.index}".encode())
         self.control.connect(tcp(cfg.transport.dispatch))
-        self.out = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb)
+        self.out = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
         for addr in cfg.transport.rewards:
             self.out.connect(tcp(addr))
         await self._send("hello", generator=self.index, version=self.version)

@@ -158,3 +158,30 @@ def test_reward_worker_killed_is_restarted_and_nothing_is_lost(data: list[str], 
     assert [r["step"] for r in steps] == list(range(1, 15))
     print(f"\nreward worker restart: prompts re-dispatched {steps[-1]['prompts_redispatched']}, samples lost "
           f"{steps[-1]['samples_lost']} (then regenerated), late duplicates dropped {steps[-1]['duplicates_dropped']}")
+
+
+def test_curve_run_refuses_unauthenticated_peers(data: list[str], tmp_path: Path) -> None:
+    """With transport.curve_dir every socket is CURVE: the run trains, and a peer without an
+    authorized key gets nothing through (its messages never reach the learner's counters)."""
+    from asyncrl.curve import create_keys
+
+    keys = create_keys(tmp_path / "keys")
+    run_dir = tmp_path / "run"
+    ports = port_overrides()
+    addrs = {k.split("=")[0].split(".")[1]: k.split("=", 1)[1].strip('[]"') for k in ports}
+    proc = _start_up(run_dir, data + ports + [f"transport.curve_dir={keys}"], max_steps=6)
+    try:
+        _wait_for_step(run_dir, 1, proc)
+        ctx = zmq.Context()
+        intruder = ctx.socket(zmq.PUSH)
+        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.connect(f"tcp://{addrs['trajectories']}")
+        for _ in range(20):
+            intruder.send(b"not allowed")
+        out, _ = proc.communicate(timeout=600)
+        ctx.destroy(linger=0)
+    finally:
+        _kill_session(proc.pid)
+    assert proc.returncode == 0, out[-5000:]
+    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    assert len(steps) == 6 and steps[-1]["messages_dropped"] == 0
