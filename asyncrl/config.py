@@ -72,6 +72,8 @@ class RolloutSection(_Section):
     enforce_eager: bool = True
     max_model_len: int | None = None
     omp_threads: int | None = Field(None, ge=1, description="CPU threads per engine (None: vLLM default).")
+    cpu_bind: str | None = Field(None, description="CPUs the vLLM CPU engine binds its threads to "
+                                 "(VLLM_CPU_OMP_THREADS_BIND, e.g. '1' or '2-3'); None: vLLM's automatic choice.")
 
 
 class RewardSection(_Section):
@@ -130,6 +132,7 @@ class LearnerSection(ShardingFields):
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per learner rank (None: torch default).")
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")
     val_every: int = Field(0, ge=0, description="Validate every N steps (0: only at start and end).")

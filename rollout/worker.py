@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -32,6 +33,8 @@ def build_engine(cfg: RunConfig, seed: int) -> Any:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gb))))
     if cfg.rollout.omp_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(cfg.rollout.omp_threads))
+    if cfg.rollout.cpu_bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.rollout.cpu_bind
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -207,6 +210,8 @@ class Generator:
 
 async def _amain(cfg: RunConfig, index: int) -> None:
     gen = Generator(cfg, index)
+    # SIGTERM (how `asyncrl up` stops its children) ends the loop, so close() writes the final stats
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: setattr(gen, "stopping", True))
     try:
         await gen.start()
         await gen.run()

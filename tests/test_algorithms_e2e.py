@@ -13,7 +13,13 @@ from tests.test_e2e import _data_overrides, arith_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
-ALGORITHMS = ["grpo", "rloo", "reinforce_pp", "gae", "gspo"]
+# GRPO is configs/tiny_cpu.toml itself (test_e2e.py::test_tiny_cpu_learns runs it)
+ALGORITHMS = ["rloo", "reinforce_pp", "gae", "gspo"]
+
+
+def test_grpo_config_is_the_tiny_default() -> None:
+    grpo, base = load_config(REPO / "configs" / "tiny_cpu_grpo.toml"), load_config(REPO / "configs" / "tiny_cpu.toml")
+    assert grpo.model_copy(update={"run": base.run}) == base
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

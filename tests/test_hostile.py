@@ -3,8 +3,8 @@
 * 1,000 malformed, truncated, wrong-schema, foreign and oversized messages sent to every
   bound socket (learner dispatch ROUTER, learner trajectory PULL, reward PULL) while training:
   no crash, every malformed message counted, training still learns;
-* a reward worker killed with SIGKILL mid-run: restarted by `asyncrl up`, its lost groups
-  re-dispatched, the run reaches its step limit.
+* under CURVE, an intruder without keys gets nothing through, and a reward worker killed with
+  SIGKILL mid-run is restarted by `asyncrl up` and the run reaches its step limit.
 """
 
 from __future__ import annotations
@@ -132,10 +132,23 @@ def test_fuzz_every_socket_during_a_run(data: list[str], tmp_path: Path) -> None
           f"learner peak RSS {last['peak_rss_mb_r0']:.0f} MiB; reward {first:.2f} -> {steps[-1]['reward_mean']:.2f}")
 
 
-def test_reward_worker_killed_is_restarted_and_nothing_is_lost(data: list[str], tmp_path: Path) -> None:
+def test_reward_worker_killed_under_curve(data: list[str], tmp_path: Path) -> None:
+    """Under CURVE (every socket encrypted, only authorized keys): a peer without a key gets nothing
+    through; the reward worker killed with SIGKILL at step 3 is restarted (and re-authenticates),
+    and the run reaches its step limit."""
+    from asyncrl.curve import create_keys
+
+    from asyncrl.curve import CurveKeys, secure_client
+
+    keys = create_keys(tmp_path / "keys")
+    other = create_keys(tmp_path / "other")  # an intruder that knows the server's public key, not authorized
+    (other / "server.key").write_bytes((keys / "server.key").read_bytes())
     run_dir = tmp_path / "run"
-    proc = _start_up(run_dir, data + port_overrides() + ["learner.redispatch_after_s=8", "run.restart_backoff_s=1"],
-                     max_steps=14)
+    ports = port_overrides()
+    addrs = {k.split("=")[0].split(".")[1]: k.split("=", 1)[1].strip('[]"') for k in ports}
+    proc = _start_up(run_dir, data + ports + ["learner.redispatch_after_s=8", "run.restart_backoff_s=1",
+                                              f"transport.curve_dir={keys}"], max_steps=14)
+    ctx = zmq.Context()
     try:
         lines: list[str] = []
         pid = None
@@ -143,12 +156,21 @@ def test_reward_worker_killed_is_restarted_and_nothing_is_lost(data: list[str], 
             lines.append(line)
             if "started reward-0 (pid" in line and pid is None:
                 pid = int(line.split("(pid ")[1].split(")")[0])
+            if "[learner]" in line and "step 2/" in line:
+                for name in ("trajectories", "dispatch", "rewards"):  # an intruder without an authorized key
+                    intruder = ctx.socket(zmq.DEALER if name == "dispatch" else zmq.PUSH)
+                    intruder.setsockopt(zmq.LINGER, 0)
+                    secure_client(intruder, CurveKeys(other))
+                    intruder.connect(f"tcp://{addrs[name]}")
+                    for _ in range(20):
+                        intruder.send(b"not allowed")
             if "[learner]" in line and "step 3/" in line:
                 os.kill(pid, signal.SIGKILL)
                 break
         out, _ = proc.communicate(timeout=600)
     finally:
         _kill_session(proc.pid)
+        ctx.destroy(linger=0)
     out = "".join(lines) + out
     assert proc.returncode == 0, out[-5000:]
     assert "reward-0 was killed by signal 9; restarting it" in out
@@ -156,32 +178,7 @@ def test_reward_worker_killed_is_restarted_and_nothing_is_lost(data: list[str], 
     assert events[0]["process"] == "reward-0"
     steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
     assert [r["step"] for r in steps] == list(range(1, 15))
+    assert steps[-1]["messages_dropped"] == 0  # the intruder never got a message through
+    assert "refused a peer without an authorized CURVE key" in out
     print(f"\nreward worker restart: prompts re-dispatched {steps[-1]['prompts_redispatched']}, samples lost "
           f"{steps[-1]['samples_lost']} (then regenerated), late duplicates dropped {steps[-1]['duplicates_dropped']}")
-
-
-def test_curve_run_refuses_unauthenticated_peers(data: list[str], tmp_path: Path) -> None:
-    """With transport.curve_dir every socket is CURVE: the run trains, and a peer without an
-    authorized key gets nothing through (its messages never reach the learner's counters)."""
-    from asyncrl.curve import create_keys
-
-    keys = create_keys(tmp_path / "keys")
-    run_dir = tmp_path / "run"
-    ports = port_overrides()
-    addrs = {k.split("=")[0].split(".")[1]: k.split("=", 1)[1].strip('[]"') for k in ports}
-    proc = _start_up(run_dir, data + ports + [f"transport.curve_dir={keys}"], max_steps=6)
-    try:
-        _wait_for_step(run_dir, 1, proc)
-        ctx = zmq.Context()
-        intruder = ctx.socket(zmq.PUSH)
-        intruder.setsockopt(zmq.LINGER, 0)
-        intruder.connect(f"tcp://{addrs['trajectories']}")
-        for _ in range(20):
-            intruder.send(b"not allowed")
-        out, _ = proc.communicate(timeout=600)
-        ctx.destroy(linger=0)
-    finally:
-        _kill_session(proc.pid)
-    assert proc.returncode == 0, out[-5000:]
-    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
-    assert len(steps) == 6 and steps[-1]["messages_dropped"] == 0
