@@ -18,20 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, table, write_results  # noqa: E402
-
-
-def free_ports(k: int) -> list[int]:
-    import socket
-
-    socks, ports = [], []
-    for _ in range(k):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+from benchmarks.run_control import port_sets  # noqa: E402
 
 
 def main() -> None:
@@ -55,10 +42,8 @@ def main() -> None:
             train, test = write_arith(Path(tmp) / "data", n_train=400, n_test=16)
             sets += [f"model.path={write_tiny_model(Path(tmp) / 'tiny')}", f"data.train={train}",
                      f"data.test={test}"]
-        d, t, r, w = free_ports(4)
-        sets += [f"transport.dispatch=127.0.0.1:{d}", f"transport.trajectories=127.0.0.1:{t}",
-                 f'transport.rewards=["127.0.0.1:{r}"]', f"transport.weight_sync=127.0.0.1:{w}",
-                 f"learner.world_size={args.world_size}", "learner.save_final=false", "learner.val_every=0"]
+        sets += port_sets() + [f"learner.world_size={args.world_size}", "learner.save_final=false",
+                               "learner.val_every=0"]
         run_dir = Path(tmp) / "run"
         argv = [sys.executable, "-m", "cli.main", "up", str(args.config), "--run-dir", str(run_dir),
                 "--max-steps", str(args.steps)] + [a for s in sets for a in ("--set", s)]

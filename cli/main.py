@@ -171,12 +171,14 @@ BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport":
               "scaling": "bench_scaling"}
 
 
-@app.command()
-def bench(suite: str = typer.Argument(..., help=f"One of {', '.join(BENCHMARKS)}, or all."),
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context,
+          suite: str = typer.Argument(..., help=f"One of {', '.join(BENCHMARKS)}, or all."),
           smoke: bool = typer.Option(False, "--smoke", help="Seconds-long versions on a tiny model (CI)."),
-          out: Path = typer.Option(Path("runs/bench"), "--out", help="Results directory (markdown + JSON)."),
-          extra: Optional[list[str]] = typer.Argument(None, help="Passed on to the benchmark script.")) -> None:
-    """Run benchmark SUITE; each writes <out>/<name>.md and .json (ratios measured side by side)."""
+          out: Path = typer.Option(Path("runs/bench"), "--out", help="Results directory (markdown + JSON).")) -> None:
+    """Run benchmark SUITE; each writes <out>/<name>.md and .json (ratios measured side by side).
+    Other options go to the script, e.g. `asyncrl bench async --seconds 120`."""
+    extra = list(ctx.args)
     import subprocess
 
     names = list(BENCHMARKS) if suite == "all" else [suite]

@@ -51,3 +51,25 @@ def split_for_ranks(lengths: list[int], world_size: int) -> list[list[int]]:
         shares[r].append(i)
         loads[r] += lengths[i]
     return [sorted(s) for s in shares]
+
+
+def rank_micro_batches(lengths: list[int], world: int, rank: int, *, max_samples: int,
+                       max_tokens: int | None = None, packed: bool = False) -> list[list[int]]:
+    """This rank's micro-batches (indices into ``lengths``) when ``world`` ranks share a batch.
+
+    FSDP2 needs every rank to run the same number of forward/backward passes, so every rank
+    computes every rank's list (the same on all ranks) and pads the shorter ones with ``[]``:
+    a pass to run on any one sample with zero weight. With fewer samples than ranks, the
+    ranks without a sample get only such passes.
+    """
+    if len(lengths) >= world:
+        shares = split_for_ranks(lengths, world)
+    else:
+        shares = [[i] if i < len(lengths) else [] for i in range(world)]
+    per_rank = []
+    for share in shares:
+        mbs = micro_batches([lengths[i] for i in share], max_samples=max_samples, max_tokens=max_tokens,
+                            packed=packed) if share else []
+        per_rank.append([[share[j] for j in mb] for mb in mbs])
+    longest = max(1, max(len(c) for c in per_rank))
+    return per_rank[rank] + [[] for _ in range(longest - len(per_rank[rank]))]

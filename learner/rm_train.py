@@ -25,7 +25,6 @@ from asyncrl.data.schema import DataError
 from asyncrl.data.supervised import Preference, check_preference_inputs
 from asyncrl.train_config import RMConfig
 from learner.batch import build_lm_batch
-from learner.microbatch import micro_batches
 from learner.model import decoder_layers, init_distributed, save_hf, shard
 from learner.supervised import SupervisedRun, SupervisedTrainer, all_sum, train_to_end
 
@@ -107,36 +106,37 @@ class RMTrainer(SupervisedTrainer):
             r = self.model(tb.input_ids, tb.attention_mask, tb.position_ids, tb.rows, ends)
         return r.view(-1, 2)
 
-    def _pass(self, pairs: list[Pair], idx: list[int], scale: float) -> tuple[float, float, float, float]:
-        """Sums of loss, correct pairs, pairs and margin over ``idx``; backward if ``scale`` > 0."""
-        t = self.cfg.train
-        lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in idx]
-        loss_sum = correct = margin_sum = 0.0
-        for mb in micro_batches(lengths, max_samples=t.micro_batch_size, max_tokens=t.max_tokens_per_microbatch,
-                                packed=t.packing):
+    def _pass(self, pairs: list[Pair], mbs: list[list[int]], scale: float) -> tuple[float, float, float, float]:
+        """Sums of loss, correct pairs, pairs and margin over the micro-batches ``mbs``; backward
+        if ``scale`` > 0. An empty micro-batch is a zero-weight pass on pair 0."""
+        loss_sum = correct = n = margin_sum = 0.0
+        for sel in mbs:
+            weight = 1.0 if sel else 0.0
+            sel = sel or [0]
             with torch.set_grad_enabled(scale > 0):
-                r = self._scores([pairs[idx[j]] for j in mb])
+                r = self._scores([pairs[i] for i in sel])
                 margin = r[:, 0] - r[:, 1]
-                loss = -F.logsigmoid(margin).sum()
+                loss = -F.logsigmoid(margin).sum() * weight
             if scale > 0:
                 (loss * scale).backward()
             loss_sum += float(loss.detach())
-            correct += float((margin > 0).sum())
-            margin_sum += float(margin.detach().sum())
-        return loss_sum, correct, float(len(idx)), margin_sum
+            correct += float((margin > 0).sum()) * weight
+            margin_sum += float(margin.detach().sum()) * weight
+            n += len(sel) * weight
+        return loss_sum, correct, n, margin_sum
 
     def evaluate(self) -> dict[str, float]:
         if not self.test:
             return {}
-        idx = self.run.share(list(range(len(self.test))), [len(a) + len(b) for a, b in self.test])
+        mbs = self.run.micro_batches(list(range(len(self.test))), [len(a) + len(b) for a, b in self.test])
         with torch.no_grad():
-            loss, correct, n, margin = all_sum(list(self._pass(self.test, idx, 0.0)))
+            loss, correct, n, margin = all_sum(list(self._pass(self.test, mbs, 0.0)))
         return {"val_loss": loss / n, "val_accuracy": correct / n, "val_margin": margin / n}
 
     def train_step(self, idx: list[int]) -> dict[str, Any]:
         run = self.run
         lengths = [len(a) + len(b) for a, b in self.train]
-        loss, correct, n, margin = self._pass(self.train, run.share(idx, lengths), run.grad_scale / len(idx))
+        loss, correct, n, margin = self._pass(self.train, run.micro_batches(idx, lengths), run.grad_scale / len(idx))
         stats = run.optimizer_step()
         loss, correct, n, margin = all_sum([loss, correct, n, margin])
         return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n, "pairs": int(n), **stats}

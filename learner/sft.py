@@ -19,7 +19,6 @@ from asyncrl.data.supervised import Messages, check_sft_inputs
 from asyncrl.train_config import SFTConfig
 from learner.algo import token_logprobs
 from learner.batch import build_lm_batch
-from learner.microbatch import micro_batches
 from learner.model import load_policy, save_hf
 from learner.supervised import SupervisedRun, SupervisedTrainer, all_sum, train_to_end
 
@@ -85,42 +84,42 @@ class SFTTrainer(SupervisedTrainer):
         self.run = SupervisedRun(cfg, self.model, len(self.train[0]),
                                  progress={"loss": ("loss",), "lr": ("lr",), "tokens/s": ("tokens_per_s",)})
 
-    def _loss_sums(self, seqs: list, masks: list, idx: list[int], scale: float) -> tuple[float, float, int]:
-        """Sum of target NLL and target count over ``idx``; backward with ``scale`` if > 0."""
+    def _loss_sums(self, seqs: list, masks: list, mbs: list[list[int]], scale: float) -> tuple[float, float, int]:
+        """Sum of target NLL and target count over the micro-batches ``mbs``; backward with
+        ``scale`` if > 0. An empty micro-batch is a zero-weight pass on example 0."""
         t, run = self.cfg.train, self.run
-        lengths = [len(seqs[i]) for i in idx]
         nll_sum = n_tgt = computed = 0.0
-        for mb in micro_batches(lengths, max_samples=t.micro_batch_size, max_tokens=t.max_tokens_per_microbatch,
-                                packed=t.packing):
-            sel = [idx[j] for j in mb]
+        for sel in mbs:
+            weight = 1.0 if sel else 0.0
+            sel = sel or [0]
             tb = build_lm_batch([seqs[i] for i in sel], [masks[i] for i in sel], self.pad_id, t.packing,
                                 t.pack_row_tokens)
             tb = tb.to(run.device)
             with torch.set_grad_enabled(scale > 0), run.autocast():
                 logits = self.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
                                     position_ids=tb.position_ids, use_cache=False).logits[:, :-1]
-                nll = -(token_logprobs(logits, tb.targets) * tb.response_mask).sum()
+                nll = -(token_logprobs(logits, tb.targets) * tb.response_mask).sum() * weight
             if scale > 0:
                 (nll * scale).backward()
             nll_sum += float(nll.detach())
-            n_tgt += float(tb.response_mask.sum())
-            computed += tb.num_tokens
+            n_tgt += float(tb.response_mask.sum()) * weight
+            computed += tb.num_tokens * weight
         return nll_sum, n_tgt, int(computed)
 
     def evaluate(self) -> dict[str, float]:
         if self.test is None:
             return {}
         seqs, masks, _ = self.test
-        idx = self.run.share(list(range(len(seqs))), [len(s) for s in seqs])
-        nll, n, _ = all_sum(list(self._loss_sums(seqs, masks, idx, 0.0)))
+        mbs = self.run.micro_batches(list(range(len(seqs))), [len(s) for s in seqs])
+        nll, n, _ = all_sum(list(self._loss_sums(seqs, masks, mbs, 0.0)))
         return {"val_loss": nll / max(n, 1.0)}
 
     def train_step(self, idx: list[int]) -> dict[str, Any]:
         run, (seqs, masks, _) = self.run, self.train
         t0 = time.perf_counter()
         total = sum(sum(masks[i][1:]) for i in idx)  # global target count: the token-mean denominator
-        mine = run.share(idx, [len(s) for s in seqs])
-        nll, n, computed = self._loss_sums(seqs, masks, mine, run.grad_scale / max(total, 1.0))
+        mbs = run.micro_batches(idx, [len(s) for s in seqs])
+        nll, n, computed = self._loss_sums(seqs, masks, mbs, run.grad_scale / max(total, 1.0))
         stats = run.optimizer_step()
         nll, n, computed = all_sum([nll, n, computed])
         dt = time.perf_counter() - t0

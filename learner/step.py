@@ -35,7 +35,7 @@ from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
 from learner.memory import peak_rss_mb, rss_mb
-from learner.microbatch import micro_batches, split_for_ranks
+from learner.microbatch import rank_micro_batches
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
@@ -90,17 +90,10 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
 
     def _chunks(self, ro: Rollouts) -> list[list[int]]:
-        """This rank's micro-batches. Ranks share the batch balanced by tokens; FSDP2 needs every
-        rank to run the same number of forward/backward passes, so shorter lists are padded
-        with ``[]`` (a zero-weight pass over one sample)."""
-        lr, lengths = self.learner, sample_lengths(ro)
-        per_rank = []
-        for share in split_for_ranks(lengths, self.world):
-            mbs = micro_batches([lengths[i] for i in share], max_samples=lr.micro_batch_size,
-                                max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
-            per_rank.append([[share[j] for j in mb] for mb in mbs])
-        longest = max(len(c) for c in per_rank)
-        return per_rank[self.rank] + [[] for _ in range(longest - len(per_rank[self.rank]))]
+        """This rank's micro-batches; ``[]`` is a zero-weight padding pass (see rank_micro_batches)."""
+        lr = self.learner
+        return rank_micro_batches(sample_lengths(ro), self.world, self.rank, max_samples=lr.micro_batch_size,
+                                  max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
 
     def _all_reduce(self, t: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
         if self.world == 1:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from asyncrl.config import LoggingSection, RunSection, dump_config
 from asyncrl.metrics import MetricsLogger
 from asyncrl.train_config import TrainSection
-from learner.microbatch import split_for_ranks
+from learner.microbatch import rank_micro_batches
 
 log = logging.getLogger("learner.supervised")
 
@@ -81,12 +81,13 @@ class SupervisedRun:
                     return
                 yield step, epoch, order[i:i + self.cfg.train.batch_size]
 
-    def share(self, idx: list[int], lengths: list[int]) -> list[int]:
-        """This rank's examples of a batch, balanced by tokens."""
-        shares = split_for_ranks([lengths[i] for i in idx], self.world) if len(idx) >= self.world else None
-        if shares is None:  # fewer examples than ranks: the first ranks take one each
-            return idx[self.rank:self.rank + 1]
-        return [idx[j] for j in shares[self.rank]]
+    def micro_batches(self, idx: list[int], lengths: list[int]) -> list[list[int]]:
+        """This rank's micro-batches of the examples ``idx`` (balanced by tokens across ranks);
+        ``[]`` entries are zero-weight padding passes that keep FSDP2's collectives in step."""
+        t = self.cfg.train
+        mbs = rank_micro_batches([lengths[i] for i in idx], self.world, self.rank, max_samples=t.micro_batch_size,
+                                 max_tokens=t.max_tokens_per_microbatch, packed=t.packing)
+        return [[idx[j] for j in mb] for mb in mbs]
 
     @property
     def grad_scale(self) -> float:

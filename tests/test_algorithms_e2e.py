@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 # GRPO is configs/tiny_cpu.toml itself (test_e2e.py::test_tiny_cpu_learns runs it)
 ALGORITHMS = ["rloo", "reinforce_pp", "gae", "gspo"]
+STEPS = 20  # 30 steps reach 0.78-0.92 (docs); 20 keep the suite short and still show a clear rise
 
 
 def test_grpo_config_is_the_tiny_default() -> None:
@@ -29,10 +30,10 @@ def test_algorithm_learns(name: str, tiny_model_dir: Path, arith_dir: Path, tmp_
     assert cfg.learner.max_staleness >= 2
     run_dir = tmp_path / "run"
     res = run_up(config, run_dir, _data_overrides(tiny_model_dir, arith_dir) + ["learner.val_every=0"],
-                 max_steps=30, timeout_s=300)
+                 max_steps=STEPS, timeout_s=300)
     assert res.returncode == 0, res.stdout[-6000:]
     steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
-    assert len(steps) == 30 and max(r["staleness_max"] for r in steps) <= cfg.learner.max_staleness
+    assert len(steps) == STEPS and max(r["staleness_max"] for r in steps) <= cfg.learner.max_staleness
     first = sum(r["reward_mean"] for r in steps[:5]) / 5
     last = sum(r["reward_mean"] for r in steps[-5:]) / 5
     print(f"{name}: reward {first:.3f} -> {last:.3f} in {steps[-1]['time_s']:.0f}s")

@@ -41,7 +41,7 @@ def test_memory_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_async_smoke(tmp_path: Path) -> None:
-    r = bench("async", tmp_path, "--seconds", "4")
+    r = bench("async", tmp_path, "--seconds", "3")
     assert [row["mode"] for row in r["rows"]] == ["sync", "async"]
     assert all(row["samples_per_s"] > 0 and 0 < row["generator_busy"] <= 1.0 for row in r["rows"])
     assert (tmp_path / "async_vs_sync.png").is_file()

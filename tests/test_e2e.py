@@ -45,30 +45,23 @@ def test_tiny_cpu_learns(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) 
     AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "final")
 
 
-def test_on_policy_logprobs_match(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
-    """max_staleness=0: behaviour log-probs (vLLM, processed) vs the learner's recomputation."""
+def test_on_policy_logprobs_match_with_two_learner_ranks(tiny_model_dir: Path, arith_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """max_staleness=0: behaviour log-probs (vLLM, processed) vs the learner's recomputation, with
+    ``learner.world_size = 2`` (the launcher starts torchrun, rank 0 leads, both ranks train, the
+    weights still reach the generator and the final export is written)."""
     run_dir = tmp_path / "run"
     ovs = _data_overrides(tiny_model_dir, arith_dir) + [
-        "learner.max_staleness=0", "learner.val_every=0", "rollout.temperature=0.7"]
+        "learner.max_staleness=0", "learner.val_every=0", "rollout.temperature=0.7", "learner.world_size=2"]
     res = run_up(REPO / "configs/tiny_cpu.toml", run_dir, ovs, max_steps=4)
     assert res.returncode == 0, res.stdout[-6000:]
     steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and "rss_mb_r1" in steps[-1]
+    assert steps[-1]["sample_version_max"] == 3 and all(r["grad_norm"] > 0 for r in steps)
+    assert (run_dir / "checkpoints" / "final" / "config.json").is_file()
     assert all(r["staleness_max"] == 0 for r in steps)
     diffs = [r["logprob_abs_diff"] for r in steps]
     print("mean |behaviour - learner| logprob per step:", diffs)
     assert max(diffs) < 1e-3
     # on-policy: the importance ratios old/behaviour are 1 up to numerics
     assert all(abs(r["is_ratio_max"] - 1.0) < 1e-2 for r in steps)
-
-
-def test_two_learner_ranks_under_up(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
-    """``learner.world_size = 2``: the launcher starts torchrun, rank 0 leads, both train, the
-    weights still reach the generator and the final export is written."""
-    run_dir = tmp_path / "run"
-    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir,
-                 _data_overrides(tiny_model_dir, arith_dir) + ["learner.world_size=2"], max_steps=6)
-    assert res.returncode == 0, res.stdout[-6000:]
-    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
-    assert [r["step"] for r in steps] == list(range(1, 7))
-    assert steps[-1]["sample_version_max"] >= 3 and all(r["grad_norm"] > 0 for r in steps)
-    assert (run_dir / "checkpoints" / "final" / "config.json").is_file()

@@ -103,7 +103,7 @@ def test_fuzz_every_socket_during_a_run(data: list[str], tmp_path: Path) -> None
     run_dir = tmp_path / "run"
     ports = port_overrides()
     addrs = {k.split("=")[0].split(".")[1]: k.split("=", 1)[1].strip('[]"') for k in ports}
-    proc = _start_up(run_dir, data + ports + ["transport.max_message_mb=2"], max_steps=30)
+    proc = _start_up(run_dir, data + ports + ["transport.max_message_mb=2"], max_steps=20)
     try:
         _wait_for_step(run_dir, 2, proc)
         fuzz = Fuzzer(addrs, count=1000, oversized=5)
