@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, SMOLLM2, table, write_results  # noqa: E402
+from benchmarks.common import REPO, SMOLLM2, table, tiny_sets, write_results  # noqa: E402
 from benchmarks.run_control import port_sets, run_up, summarise  # noqa: E402
 
 
@@ -64,14 +64,9 @@ def main() -> None:
         tmp_path = Path(tmp)
         sets = list(args.sets)
         if args.smoke or not (SMOLLM2 / "config.json").is_file():
-            from asyncrl.data.arith import write_arith
-            from asyncrl.models.tiny import write_tiny_model
-
             args.config = REPO / "configs" / "tiny_cpu.toml"
             args.seconds = min(args.seconds, 25.0) if args.smoke else args.seconds
-            train, test = write_arith(tmp_path / "data", n_train=400, n_test=16)
-            sets += [f"model.path={write_tiny_model(tmp_path / 'tiny')}", f"data.train={train}",
-                     f"data.test={test}"]
+            sets += tiny_sets(tmp_path)
         elif not Path("data/arith/train.parquet").is_file():
             from asyncrl.data.arith import write_arith
 

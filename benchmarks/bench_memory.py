@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, table, write_results  # noqa: E402
+from benchmarks.common import REPO, table, tiny_sets, write_results  # noqa: E402
 from benchmarks.run_control import port_sets  # noqa: E402
 
 
@@ -36,12 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = list(args.sets)
         if args.config.name == "tiny_cpu.toml" and not any(s.startswith("model.path") for s in sets):
-            from asyncrl.data.arith import write_arith
-            from asyncrl.models.tiny import write_tiny_model
-
-            train, test = write_arith(Path(tmp) / "data", n_train=400, n_test=16)
-            sets += [f"model.path={write_tiny_model(Path(tmp) / 'tiny')}", f"data.train={train}",
-                     f"data.test={test}"]
+            sets += tiny_sets(Path(tmp))
         sets += port_sets() + [f"learner.world_size={args.world_size}", "learner.save_final=false",
                                "learner.val_every=0"]
         run_dir = Path(tmp) / "run"
