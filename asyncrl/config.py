@@ -33,9 +33,9 @@ class RunSection(_Section):
     seed: int = Field(0, description="Seed for data order, sampling engines and model init.")
     resume: bool = Field(False, description="Continue from the newest complete checkpoint in dir/checkpoints "
                          "(`--resume` on the command line).")
-    max_restarts: int = Field(3, ge=0, description="`asyncrl up` restarts a reward worker that dies (any "
-                              "signal) up to this many times, with doubling back-off; also bounds learner "
-                              "restarts when restart_learner is on.")
+    max_restarts: int = Field(3, ge=0, description="`asyncrl up` restarts a generator or reward worker that "
+                              "dies (any signal) up to this many times each, with doubling back-off; also "
+                              "bounds learner restarts when restart_learner is on.")
     restart_backoff_s: float = Field(2.0, ge=0, description="First restart delay; doubles per restart.")
     restart_learner: bool = Field(False, description="When the learner dies, restart the whole run from the "
                                   "newest checkpoint (--resume) instead of stopping.")
@@ -74,6 +74,7 @@ class RolloutSection(_Section):
     omp_threads: int | None = Field(None, ge=1, description="CPU threads per engine (None: vLLM default).")
     cpu_bind: str | None = Field(None, description="CPUs the vLLM CPU engine binds its threads to "
                                  "(VLLM_CPU_OMP_THREADS_BIND, e.g. '1' or '2-3'); None: vLLM's automatic choice.")
+    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a generator's heartbeats to the learner.")
 
 
 class RewardSection(_Section):
@@ -144,6 +145,10 @@ class LearnerSection(ShardingFields):
         600.0, ge=0, description="A dispatched prompt whose scored group has not arrived after this long is "
         "presumed lost with a dead worker and dispatched again (a late original is dropped as a duplicate); "
         "0: never.")
+    generator_timeout_s: float = Field(
+        30.0, gt=0, description="A generator silent this long (no heartbeat) is declared gone: its prompts are "
+        "dispatched again and the weight-sync group is re-formed without it; also the longest wait for a "
+        "generator to join a re-formed group.")
     save_final: bool = True
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over this many steps (then constant).")
     checkpoint_every: int = Field(0, ge=0, description="Resumable checkpoint (sharded model + optimizer, "

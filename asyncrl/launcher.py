@@ -3,13 +3,14 @@
 Each child is ``python -m cli.main <role> CONFIG --set ...`` in its own process group
 (so vLLM's engine processes die with their generator). Lines are prefixed with the
 child's name and also written to ``<run dir>/logs/<name>.log``. The run ends with exit
-0 when the learner exits 0. A reward worker that dies (any signal, kill -9 included) is
-restarted after a doubling back-off, up to ``run.max_restarts`` times; the learner
-re-dispatches the prompts lost with it. When the learner dies the run stops with a
-message naming ``--resume``, or, with ``run.restart_learner``, every process is restarted
-from the newest checkpoint. A generator that dies stops the run (generators cannot yet
-rejoin a running weight-sync group). Every restart is a line in
-``<run dir>/supervisor.jsonl``. Ctrl-C stops everything (exit 130).
+0 when the learner exits 0. A generator or reward worker that dies (any signal, kill -9
+included) has its whole process group reaped (vLLM's engine process with it) and is
+restarted after a doubling back-off, up to ``run.max_restarts`` times each; the learner
+re-dispatches the prompts lost with it, and a restarted generator says hello, joins a
+re-formed weight-sync group and receives the current weights before any prompt. When the
+learner dies the run stops with a message naming ``--resume``, or, with
+``run.restart_learner``, every process is restarted from the newest checkpoint. Every
+restart is a line in ``<run dir>/supervisor.jsonl``. Ctrl-C stops everything (exit 130).
 """
 
 from __future__ import annotations
@@ -122,6 +123,15 @@ def _signal_group(child: Child, sig: int) -> None:
             pass
 
 
+def _reap_group(child: Child) -> None:
+    """Kill what is left of a dead child's process group (its pid is its group id)."""
+    if child.proc is not None:
+        try:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def stop_all(children: list[Child], grace_s: float = 20.0) -> None:
     for c in children:
         _signal_group(c, signal.SIGTERM)
@@ -213,7 +223,8 @@ def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConf
                 return 0
             why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
             last = "\n    ".join(c.tail[-8:])
-            if c.name.startswith("reward-") and c.restarts < cfg.run.max_restarts:
+            _reap_group(c)  # e.g. a killed generator's vLLM engine process, still holding its sockets
+            if c.name.startswith(("reward-", "rollout-")) and c.restarts < cfg.run.max_restarts:
                 c.restarts += 1
                 delay = cfg.run.restart_backoff_s * 2 ** (c.restarts - 1)
                 log.warning("%s %s; restarting it in %.0fs (restart %d of %d). Last lines:\n    %s", c.name, why,

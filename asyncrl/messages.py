@@ -4,9 +4,13 @@ Generator → learner (DEALER → ROUTER on ``transport.dispatch``):
   hello   {generator, version}            a generator joined (or rejoined)
   credit  {generator, version, count}     it can take ``count`` more prompts
   synced  {generator, version, seconds}   it now serves weights ``version``
+  heartbeat {generator, version}          still alive (every rollout.heartbeat_s)
 Learner → generator:
   prompts {items: [PromptItem...]}        prompts to generate (see PROMPT_ITEM_FIELDS)
-  sync    {version, tensors, bucket_bytes} weights follow on the sync group
+  sync    {version, tensors, bucket_bytes, epoch, members}
+                                          weights follow on the sync group of ``epoch``,
+                                          whose rank r+1 is the generator named members[r]
+  rejoin  {}                              you were declared dead: say hello again
   stop    {}                              shut down cleanly
 """
 
@@ -21,8 +25,10 @@ MESSAGE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"generator": (int,), "version": (int,)},
     "credit": {"generator": (int,), "version": (int,), "count": (int,)},
     "synced": {"generator": (int,), "version": (int,), "seconds": (float, int)},
+    "heartbeat": {"generator": (int,), "version": (int,)},
     "prompts": {"items": (list,)},
-    "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,)},
+    "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,), "epoch": (int,), "members": (list,)},
+    "rejoin": {},
     "stop": {},
 }
 
@@ -71,6 +77,8 @@ def _check(msg: Any) -> None:
             seed = item.get("seed")  # optional: the dispatcher's per-prompt sampling seed
             if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
                 raise MessageError("prompts.items.seed: expected a non-negative int")
+    if msg["type"] == "sync" and not all(isinstance(m, str) for m in msg["members"]):
+        raise MessageError("sync.members: expected a list of generator names")
 
 
 def _check_fields(msg: dict, spec: dict[str, tuple[type, ...]], where: str) -> None:

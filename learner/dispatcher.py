@@ -83,7 +83,8 @@ class Dispatcher:
         self.redo: deque[Dispatch] = deque()  # dispatched before new prompts (lost or resumed ones)
         self.redispatched = 0  # prompts dispatched again because their group never came back
         self.samples_lost = 0
-        self.hold = False  # while True no train prompt leaves (e.g. until resumed weights are synced)
+        self.held: set[bytes] = set()  # generators that get nothing until they serve the current weights
+        self.val_inflight: dict[int, tuple[bytes, dict[str, Any]]] = {}  # validation group -> (generator, item)
 
     def _order(self, epoch: int) -> list[int]:
         idx = list(range(len(self.prompts)))
@@ -107,8 +108,6 @@ class Dispatcher:
 
     def admissible(self, version: int) -> int:
         """How many more train groups a generator at ``version`` may receive now."""
-        if self.hold:
-            return 0
         return max(0, (version + self.s + 1) * self.B + self.discarded - self.dispatched_train)
 
     def discard(self, groups: int) -> None:
@@ -118,9 +117,13 @@ class Dispatcher:
     def take(self, gen: bytes) -> list[dict[str, Any]]:
         """Items to send to ``gen`` now: validation first, then admitted train prompts."""
         items: list[dict[str, Any]] = []
+        if gen in self.held:
+            return items
         credit = self.credits.get(gen, 0)
         while credit and self.val_queue:
-            items.append(self.val_queue.popleft())
+            item = self.val_queue.popleft()
+            self.val_inflight[item["group_id"]] = (gen, item)
+            items.append(item)
             credit -= 1
         n_train = min(credit, self.admissible(self.versions.get(gen, 0)))
         for _ in range(n_train):
@@ -162,6 +165,23 @@ class Dispatcher:
         self.redispatched += len(again)
         self.samples_lost += len(again) * self.sampling.n
         return len(again)
+
+    def hold_generator(self, gen: bytes) -> list[int]:
+        """``gen`` (re)started or vanished: it gets nothing until it serves the current weights, its
+        old credits are void, its validation prompts go back to the queue. Returns its in-flight
+        train groups, for the caller to :meth:`lose`."""
+        self.held.add(gen)
+        self.credits[gen] = 0
+        back = [self.val_inflight.pop(g)[1] for g, (owner, _) in list(self.val_inflight.items()) if owner == gen]
+        self.val_queue.extendleft(reversed(back))
+        return self.of_generator(gen)
+
+    def release_generator(self, gen: bytes) -> None:
+        """``gen`` serves the current weights: it may receive prompts again."""
+        self.held.discard(gen)
+
+    def val_arrived(self, group_id: int) -> None:
+        self.val_inflight.pop(group_id, None)
 
     def expired(self, older_than_s: float) -> list[int]:
         """In-flight groups dispatched more than ``older_than_s`` ago."""

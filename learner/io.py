@@ -1,8 +1,11 @@
 """The learner's network side: one thread owning every learner socket.
 
-It serves generators' control messages (hello/credit/synced) on a ROUTER, hands out
-prompts through the :class:`Dispatcher`, and receives scored trajectory groups on a
-PULL socket into the :class:`GroupBuffer`. The training thread talks to it through
+It serves generators' control messages (hello/credit/synced/heartbeat) on a ROUTER, hands
+out prompts through the :class:`Dispatcher`, and receives scored trajectory groups on a
+PULL socket into the :class:`GroupBuffer`. It also keeps the generators' membership: a
+hello (first or after a restart) adds a generator, held until it serves the current
+weights; one silent for ``learner.generator_timeout_s`` is declared gone, its prompts are
+dispatched again, and if it speaks later it is told to ``rejoin``. The training thread talks to it through
 thread-safe methods only; ZeroMQ sockets never leave this thread. Malformed messages
 are dropped, counted and logged; the thread keeps running.
 """
@@ -27,6 +30,11 @@ from learner.dispatcher import Dispatcher
 log = logging.getLogger("learner.io")
 
 
+def generator_identity(index: int, num_generators: int) -> bytes | None:
+    """The ZeroMQ identity generator ``index`` uses; None for an index out of range."""
+    return f"gen-{index}".encode() if 0 <= index < num_generators else None
+
+
 class LearnerIO(threading.Thread):
     def __init__(self, cfg: RunConfig, dispatcher: Dispatcher) -> None:
         super().__init__(name="learner-io", daemon=True)
@@ -34,6 +42,12 @@ class LearnerIO(threading.Thread):
         self.buffer = GroupBuffer()
         self.val_results: dict[int, pa.RecordBatch] = {}
         self.synced: dict[bytes, int] = {}
+        self.members: dict[bytes, int] = {}  # live generators -> incarnation (bumped by each hello)
+        self.last_seen: dict[bytes, float] = {}
+        self.generators_gone = 0  # declared gone after generator_timeout_s of silence
+        self.generator_restarts = 0  # hellos from a generator identity seen before
+        self._identities = {generator_identity(i, cfg.rollout.num_generators)
+                            for i in range(cfg.rollout.num_generators)}
         self.drops = DropCounter("learner")
         self.duplicates = 0
         self.duplicate_samples = 0
@@ -49,6 +63,7 @@ class LearnerIO(threading.Thread):
         self.auth = start_authenticator(self.ctx, t.curve_dir)
         self.router = make_socket(self.ctx, zmq.ROUTER, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted generator takes over its identity
         self.router.bind(tcp(t.dispatch, t.bind_host))
         self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
         self.pull.bind(tcp(t.trajectories, t.bind_host))
@@ -57,9 +72,20 @@ class LearnerIO(threading.Thread):
     def send_all(self, payload: bytes) -> None:
         self.commands.put(("send_all", payload))
 
+    def send_to(self, gens: list[bytes], payload: bytes) -> None:
+        self.commands.put(("send_to", (list(gens), payload)))
+
     def generators(self) -> list[bytes]:
         with self.cond:
-            return list(self.dispatcher.versions)
+            return list(self.members)
+
+    def membership(self) -> dict[bytes, int]:
+        with self.cond:
+            return dict(self.members)
+
+    def membership_locked(self) -> dict[bytes, int]:
+        """:meth:`membership` for predicates already running under ``self.cond``."""
+        return dict(self.members)
 
     def request_validation(self, prompts: list[Any], max_tokens: int) -> list[int]:
         with self.cond:
@@ -118,6 +144,9 @@ class LearnerIO(threading.Thread):
             if cmd == "send_all":
                 for gen in self.generators():
                     self._send(gen, arg)
+            elif cmd == "send_to":
+                for gen in arg[0]:
+                    self._send(gen, arg[1])
 
     def _send(self, gen: bytes, payload: bytes) -> None:
         try:
@@ -136,22 +165,54 @@ class LearnerIO(threading.Thread):
         except messages.MessageError as e:
             self.drops.drop("control", str(e))
             return
+        kind = msg["type"]
+        if kind not in ("hello", "credit", "synced", "heartbeat"):
+            self.drops.drop("control-unexpected", kind)
+            return
+        if kind == "hello" and gen != generator_identity(msg["generator"], self.cfg.rollout.num_generators):
+            self.drops.drop("control-identity", f"hello from {gen[:32]!r} as generator {msg['generator']}")
+            return
+        items: list = []
         with self.cond:
-            kind = msg["type"]
-            if kind in ("hello", "credit", "synced"):
-                if kind == "hello" and gen in self.dispatcher.versions:  # a restarted generator
-                    self._lose(self.dispatcher.of_generator(gen), f"{gen.decode(errors='replace')} restarted")
-                    self.dispatcher.credits[gen] = 0  # its old credits died with it
+            self.last_seen[gen] = time.monotonic()
+            if kind == "hello":
+                self._hello(gen)
+            member = gen in self.members
+            if member and kind != "heartbeat":
                 self.dispatcher.update(gen, msg["version"], msg.get("count", 0))
                 if kind == "synced":
                     self.synced[gen] = msg["version"]
+                    self.dispatcher.release_generator(gen)
                 items = self.dispatcher.take(gen)
-                self.cond.notify_all()
+            self.cond.notify_all()
+        if not member:
+            if gen in self._identities:  # declared gone, yet alive: it must start over
+                self._send(gen, messages.encode("rejoin"))
             else:
-                self.drops.drop("control-unexpected", kind)
-                return
-        if items:
+                self.drops.drop("control-foreign", f"{kind} from {gen[:32]!r}, which never said hello")
+        elif items:
             self._send(gen, messages.encode("prompts", items=items))
+
+    def _hello(self, gen: bytes) -> None:
+        """Under the lock: a generator (re)joined; it is held until it serves the current weights."""
+        name = gen.decode(errors="replace")
+        if gen in self.members or gen in self.dispatcher.versions:
+            self.generator_restarts += 1
+            log.warning("%s said hello again (restarted): its prompts in flight are dispatched again", name)
+        self._lose(self.dispatcher.hold_generator(gen), f"{name} restarted")
+        self.members[gen] = self.members.get(gen, 0) + 1
+        self.synced.pop(gen, None)
+
+    def _declare_gone(self, now: float) -> None:
+        """Under the lock: generators silent past generator_timeout_s are gone."""
+        limit = self.cfg.learner.generator_timeout_s
+        for gen in [g for g in self.members if now - self.last_seen.get(g, now) > limit]:
+            name = gen.decode(errors="replace")
+            log.warning("%s sent nothing for %.0fs (learner.generator_timeout_s): declared gone", name, limit)
+            del self.members[gen]
+            self.synced.pop(gen, None)
+            self.generators_gone += 1
+            self._lose(self.dispatcher.hold_generator(gen), f"{name} is gone")
 
     def _on_trajectory(self) -> None:
         t0 = time.perf_counter()
@@ -168,6 +229,7 @@ class LearnerIO(threading.Thread):
         with self.cond:
             if batch.column("split")[0].as_py() == "val":
                 self.val_results[gid] = batch
+                self.dispatcher.val_arrived(gid)
             elif self.dispatcher.arrived(gid) is None:
                 self.duplicates += 1
                 self.duplicate_samples += batch.num_rows
@@ -187,11 +249,13 @@ class LearnerIO(threading.Thread):
         """Groups out longer than learner.redispatch_after_s are presumed lost (a worker died)."""
         after = self.cfg.learner.redispatch_after_s
         now = time.monotonic()
-        if not after or now - self._last_expiry < 1.0:
+        if now - self._last_expiry < 1.0:
             return
         self._last_expiry = now
         with self.cond:
-            self._lose(self.dispatcher.expired(after), f"no result within {after:.0f}s")
+            self._declare_gone(now)
+            if after:
+                self._lose(self.dispatcher.expired(after), f"no result within {after:.0f}s")
             self.cond.notify_all()
 
     def _redispatch(self) -> None:

@@ -15,10 +15,9 @@ import torch
 import torch.distributed as dist
 
 from asyncrl import messages
-from asyncrl.config import RunConfig, dump_config, parse_address
+from asyncrl.config import RunConfig, dump_config
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
-from asyncrl.weight_sync import SyncGroup, broadcast_packed, default_backend, pack_state, tensor_metas
 from learner.advantages import needs_baseline, needs_values
 from learner.critic import load_critic
 from learner.dapo import groups_with_signal
@@ -28,8 +27,10 @@ from learner.model import broadcast_items, full_state_dict, init_distributed, lo
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
+from learner.syncer import WeightSyncer
 
 log = logging.getLogger("learner")
+_CHANGED = object()  # a wait predicate's answer: the generators' membership changed
 
 
 def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[TokenizedPrompt], int]:
@@ -136,13 +137,12 @@ class Learner(LearnerRank):
         self.version = self.start_step = 0
         self.stale_dropped = 0
         self.groups_filtered = 0
-        self.sync_group: SyncGroup | None = None
+        self.syncer: WeightSyncer | None = None
         if self.resumed is not None:
             st = self.resumed
             self.version, self.start_step = int(st["version"]), int(st["step"])
             self.stale_dropped, self.groups_filtered = int(st["stale_dropped"]), int(st["groups_filtered"])
             self.dispatcher.restore(st["dispatcher"], self.version)
-            self.dispatcher.hold = True  # until the generators serve the resumed weights
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         lg = cfg.logging
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
@@ -150,16 +150,17 @@ class Learner(LearnerRank):
                                      config=dump_config(cfg))
 
     def connect_generators(self) -> None:
-        """Form the weight-sync group with every generator and wait for their hellos."""
+        """Wait for every generator's hello, then send them the current weights (the resumed ones,
+        or the initial ones, which forms the first weight-sync group): a generator gets no prompt
+        before it serves the learner's weights."""
         cfg = self.cfg
-        host, port = parse_address(cfg.transport.weight_sync)
         n = cfg.rollout.num_generators
-        log.info("waiting for %d generator(s) to join the weight-sync group at %s", n, cfg.transport.weight_sync)
-        self.sync_group = SyncGroup(host, port, 0, n + 1, timeout_s=cfg.learner.sync_timeout_s,
-                                    backend=default_backend())
-        self.io.wait_for(lambda: True if len(self.dispatcher.versions) >= n else None,
+        self.syncer = WeightSyncer(cfg, self.io)
+        log.info("waiting for %d generator(s); weight-sync store at %s", n, cfg.transport.weight_sync)
+        self.io.wait_for(lambda: True if len(self.io.members) >= n else None,
                          cfg.learner.sync_timeout_s, f"hello from all {n} generator(s)")
-        log.info("all %d generator(s) connected", n)
+        secs = self.sync_weights()
+        log.info("all %d generator(s) connected and serving weights v%d (%.2fs)", n, self.version, secs)
 
     def run(self) -> None:
         cfg = self.cfg
@@ -169,12 +170,8 @@ class Learner(LearnerRank):
             start = last = time.perf_counter()
             if self.resumed is None:
                 self._log_validation(step=0, time_s=0.0)
-            else:  # generators start from model.path: give them the resumed policy first
-                secs = self.sync_weights()
-                with self.io.cond:
-                    self.dispatcher.hold = False
-                log.info("generators serve the resumed weights v%d (%.2fs); continuing at step %d",
-                         self.version, secs, self.start_step + 1)
+            else:
+                log.info("resumed at policy version %d; continuing at step %d", self.version, self.start_step + 1)
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 t_wait = time.perf_counter()
                 groups = self._next_batch()
@@ -230,7 +227,7 @@ class Learner(LearnerRank):
         filtered_here = 0
         while len(batch) < B:
             k = B - len(batch)
-            groups = self.io.wait_for(lambda: self.io.buffer.select(k, self.dispatcher.min_inflight_bound()),
+            groups = self._wait_for(lambda: self.io.buffer.select(k, self.dispatcher.min_inflight_bound()),
                                       cfg.learner.wait_timeout_s, f"{k} scored groups from the reward workers")
             if a.stale_policy == "drop":
                 fresh = [g for g in groups
@@ -260,28 +257,31 @@ class Learner(LearnerRank):
         return batch
 
     def sync_weights(self) -> float:
-        """Broadcast the full state to every generator; return seconds until all serve it."""
-        assert self.sync_group is not None
-        cfg, v = self.cfg, self.version
-        t0 = time.perf_counter()
+        """Broadcast the full state to every live generator; return seconds until all serve it."""
+        assert self.syncer is not None
         self.ranks.send("sync")
-        items = broadcast_items(self.model, full_state_dict(self.model))
-        metas = tensor_metas(items, cfg.rollout.dtype)
-        bucket = cfg.learner.bucket_mb << 20
-        flats = pack_state(items, cfg.rollout.dtype, bucket, self.sync_group.device)  # before generators pause
-        self.io.send_all(messages.encode("sync", version=v, tensors=[list(m) for m in metas], bucket_bytes=bucket))
-        broadcast_packed(self.sync_group, flats, version=v)
-        n = cfg.rollout.num_generators
-        self.io.wait_for(lambda: True if sum(x >= v for x in self.io.synced.values()) >= n else None,
-                         cfg.learner.sync_timeout_s, f"all {n} generator(s) to apply weights v{v}")
-        return time.perf_counter() - t0
+        return self.syncer.sync(broadcast_items(self.model, full_state_dict(self.model)), self.version)
+
+    def _wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
+        """``io.wait_for`` that lets a restarted or new generator in while the learner waits: the
+        generators get the current weights at once (re-forming the group) instead of at the next
+        sync, so a newcomer never idles and a dead member never blocks the next sync."""
+        assert self.syncer is not None
+        syncer, deadline = self.syncer, time.monotonic() + timeout
+        while True:
+            got = self.io.wait_for(lambda: _CHANGED if self.io.membership_locked() != syncer.members else predicate(),
+                                   max(0.0, deadline - time.monotonic()), what)
+            if got is not _CHANGED:
+                return got
+            log.info("generators changed while waiting for %s: sending weights v%d", what, self.version)
+            self.sync_weights()
 
     def validate(self) -> dict[str, float]:
         """Greedy scores of the test prompts, generated by the generators at their current version."""
         if not self.val_prompts:
             return {}
         gids = self.io.request_validation(self.val_prompts, self.cfg.rollout.max_new_tokens)
-        res = self.io.wait_for(lambda: [self.io.val_results.pop(g) for g in gids]
+        res = self._wait_for(lambda: [self.io.val_results.pop(g) for g in gids]
                                if all(g in self.io.val_results for g in gids) else None,
                                self.cfg.learner.wait_timeout_s, f"{len(gids)} validation results")
         rewards = [float(b.column("reward")[0].as_py() or 0.0) for b in res]
@@ -316,9 +316,20 @@ class Learner(LearnerRank):
             "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
             "samples_duplicate_dropped": self.io.duplicate_samples,
             "samples_lost": self.dispatcher.samples_lost, "prompts_redispatched": self.dispatcher.redispatched,
+            "generator_restarts": self.io.generator_restarts, "generators_gone": self.io.generators_gone,
+            "sync_failures": self.syncer.failures if self.syncer else 0,
+            "worker_restarts": worker_restarts(self.cfg.run.dir),
             "transport_s_total": self.io.transport_s, "trajectory_mb_total": self.io.bytes_in / 2**20,
             **stats,
         }
+
+
+def worker_restarts(run_dir: Path) -> int:
+    """Restarts `asyncrl up` recorded in ``supervisor.jsonl`` (0 when started by hand)."""
+    path = run_dir / "supervisor.jsonl"
+    if not path.is_file():
+        return 0
+    return sum('"restart"' in line for line in path.read_text().splitlines())
 
 
 def truncate_metrics(path: Path, step: int) -> None:

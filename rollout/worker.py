@@ -3,8 +3,12 @@
 It asks the learner's dispatcher for prompts (credits), generates ``n`` samples per
 prompt, records behaviour log-probs and the policy version, and pushes each group as
 one Arrow record batch to the reward workers. A ``sync`` message pauses the engine
-(in-flight requests are kept), receives the new weights over the sync group inside the
-vLLM worker, and resumes: generation never restarts the engine.
+(in-flight requests are kept), joins the weight-sync group of the message's epoch if it
+is new (the learner re-forms the group whenever generators die, restart or join), receives
+the new weights inside the vLLM worker, and resumes: generation never restarts the engine.
+A sync that fails midway leaves the engine paused (half-applied weights never serve) until
+the learner's retry succeeds. Heartbeats every ``rollout.heartbeat_s`` tell the learner
+this generator is alive; ``rejoin`` (it was declared gone) makes it start over with a hello.
 """
 
 from __future__ import annotations
@@ -74,27 +78,44 @@ class Generator:
         self.stopping = False
         self.failure: BaseException | None = None
         self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
+        self.identity = f"gen-{index}"
+        self.epoch: int | None = None  # weight-sync group joined, None before the first / after a failure
+        self.paused = False
 
     async def start(self) -> None:
         cfg = self.cfg
         self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index)
-        host, port = parse_address(cfg.transport.weight_sync)
-        log.info("joining weight-sync group at %s as rank %d", cfg.transport.weight_sync, self.index + 1)
-        await self.engine.collective_rpc(
-            "asyncrl_init_sync", args=(host, port, self.index + 1, cfg.rollout.num_generators + 1,
-                                       cfg.learner.sync_timeout_s, default_backend()))
         self.ctx = zmq.asyncio.Context()
         mb = cfg.transport.max_message_mb
         self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
-        self.control.setsockopt(zmq.IDENTITY, f"gen-{self.index}".encode())
+        self.control.setsockopt(zmq.IDENTITY, self.identity.encode())
         self.control.connect(tcp(cfg.transport.dispatch))
         self.out = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
         for addr in cfg.transport.rewards:
             self.out.connect(tcp(addr))
+        await self._hello()
+        self.heartbeat = asyncio.create_task(self._heartbeats())
+        log.info("generator %d ready; the learner sends weights before prompts", self.index)
+
+    async def _hello(self) -> None:
         await self._send("hello", generator=self.index, version=self.version)
         await self._send("credit", generator=self.index, version=self.version,
-                         count=cfg.rollout.max_inflight_prompts)
-        log.info("generator %d ready", self.index)
+                         count=self.cfg.rollout.max_inflight_prompts)
+
+    async def _heartbeats(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(self.cfg.rollout.heartbeat_s)
+            await self._send("heartbeat", generator=self.index, version=self.version)
+
+    async def _rejoin(self) -> None:
+        """Declared gone by the learner (it heard nothing for too long): its prompts were handed out
+        again, so drop the requests in flight and say hello like a new generator."""
+        log.warning("the learner declared generator %d gone: dropping %d request(s), saying hello again",
+                    self.index, len(self.tasks))
+        for t in list(self.tasks):
+            t.cancel()
+        self.epoch = None
+        await self._hello()
 
     async def _send(self, kind: str, **fields: Any) -> None:
         await self.control.send(messages.encode(kind, **fields))
@@ -122,6 +143,8 @@ class Generator:
                 t0 = time.perf_counter()
                 await self._apply_sync(msg)
                 self.stats.paused(time.perf_counter() - t0)
+            elif msg["type"] == "rejoin":
+                await self._rejoin()
             elif msg["type"] == "stop":
                 self.stopping = True
             else:
@@ -184,22 +207,48 @@ class Generator:
         }
 
     async def _apply_sync(self, msg: dict[str, Any]) -> None:
+        if self.identity not in msg["members"]:
+            self.drops.drop("sync", f"sync v{msg['version']} for a group without {self.identity}")
+            return
         t0 = time.perf_counter()
-        await self.engine.pause_generation(mode="keep", clear_cache=False)
+        if not self.paused:
+            await self.engine.pause_generation(mode="keep", clear_cache=False)
+            self.paused = True
         try:
+            if msg["epoch"] != self.epoch:
+                await self._join(msg)
             await self.engine.collective_rpc("asyncrl_receive_weights",
                                              args=(msg["tensors"], msg["bucket_bytes"]))
             # Preempt running requests so no KV computed by the old weights is reused.
             await self.engine.reset_prefix_cache(reset_running_requests=True)
-            self.version = msg["version"]
-        finally:
-            await self.engine.resume_generation()
+        except Exception as e:  # noqa: BLE001 - a peer died mid-sync: the learner re-forms the group
+            if getattr(self.engine, "errored", False):
+                raise
+            self.epoch = None
+            log.warning("weight sync v%d failed (%s); staying paused until the learner sends the weights "
+                        "again", msg["version"], str(e)[:300])
+            return
+        self.version = msg["version"]
+        await self.engine.resume_generation()
+        self.paused = False
         secs = time.perf_counter() - t0
         log.info("weights v%d applied in %.2fs (%d groups done)", self.version, secs, self.groups_done)
         await self._send("synced", generator=self.index, version=self.version, seconds=secs)
 
+    async def _join(self, msg: dict[str, Any]) -> None:
+        cfg = self.cfg
+        host, port = parse_address(cfg.transport.weight_sync)
+        rank, world = msg["members"].index(self.identity) + 1, len(msg["members"]) + 1
+        log.info("joining weight-sync group epoch %d as rank %d of %d", msg["epoch"], rank, world)
+        await self.engine.collective_rpc(
+            "asyncrl_init_sync", args=(host, port, rank, world, cfg.learner.sync_timeout_s, default_backend(),
+                                       msg["epoch"]))
+        self.epoch = msg["epoch"]
+
     async def close(self) -> None:
         self.stats.maybe_write(self.version, force=True)
+        if hasattr(self, "heartbeat"):
+            self.heartbeat.cancel()
         for t in list(self.tasks):
             t.cancel()
         if self.engine is not None:

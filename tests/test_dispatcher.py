@@ -115,10 +115,10 @@ def test_state_and_restore_redispatch_outstanding_prompts_first() -> None:
 
     fresh = _dispatcher(B=2, s=1)
     fresh.restore(state, version=1)
-    fresh.hold = True
+    fresh.hold_generator(b"h")  # a generator says hello: held until it serves the resumed weights
     fresh.update(b"h", version=1, credit=10)
-    assert fresh.take(b"h") == []  # held until the resumed weights are served
-    fresh.hold = False
+    assert fresh.take(b"h") == []
+    fresh.release_generator(b"h")
     again = fresh.take(b"h")
     assert [[it["prompt_id"], it["seed"], it["attempt"]] for it in again[:2]] == state["pending"]
     # then the data continues where the first dispatcher stopped, with fresh group ids
@@ -147,3 +147,22 @@ def test_lost_groups_are_dispatched_again_with_the_next_attempt() -> None:
         (first[0]["prompt_id"], first[0]["seed"], 1)]
     assert d.arrived(first[0]["group_id"]) is None  # the old group arriving late is a duplicate
     assert d.redispatched == 1 and d.samples_lost == 4
+
+
+def test_held_generator_gets_nothing_and_returns_its_validation_prompts() -> None:
+    d = _dispatcher(B=2, s=1)
+    d.update(b"g", version=0, credit=4)
+    gids = d.add_validation(d.prompts[:3], max_tokens=8)
+    items = d.take(b"g")
+    assert [it["group_id"] for it in items[:3]] == gids and len(items) == 4
+    d.val_arrived(gids[0])
+    lost = d.hold_generator(b"g")  # it died: one train group and two validation prompts were out
+    assert lost == [items[3]["group_id"]]
+    assert [it["group_id"] for it in d.val_queue] == gids[1:]
+    d.update(b"g", version=0, credit=4)
+    assert d.take(b"g") == []  # held until it serves the current weights
+    d.release_generator(b"g")
+    d.lose(lost)
+    again = d.take(b"g")
+    assert [it["group_id"] for it in again[:2]] == gids[1:]
+    assert again[2]["prompt_id"] == items[3]["prompt_id"] and again[2]["attempt"] == 1

@@ -16,7 +16,8 @@ from asyncrl.config import validate_config
 
 def test_failing_child_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      caplog: pytest.LogCaptureFixture) -> None:
-    cfg = validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "run": {"dir": str(tmp_path)}})
+    cfg = validate_config({"model": {"path": "m"}, "data": {"train": "t"},
+                           "run": {"dir": str(tmp_path), "max_restarts": 0}})  # no restarts left
     children = [
         launcher.Child("learner", [sys.executable, "-c", "import time; print('training', flush=True); time.sleep(60)"]),
         launcher.Child("rollout-0", [sys.executable, "-c", "import sys, time; time.sleep(0.5); print('boom'); sys.exit(3)"]),

@@ -1,0 +1,124 @@
+"""Rank 0's side of the weight sync: one group for the live generators, re-formed when they change.
+
+Membership is what :class:`learner.io.LearnerIO` knows: every generator that said hello and
+has not been declared gone, with an incarnation that a restart (a new hello) bumps. A sync
+uses the current group when membership is unchanged; otherwise it forms a new group under
+the next epoch (the ``sync`` message names the epoch and each member's rank). When a sync
+fails (a generator died mid-broadcast or never joined) the group is abandoned, so surviving
+receivers stop waiting at once, and the sync is retried as soon as membership changes (the
+dead generator restarted and said hello, or it was declared gone after
+``learner.generator_timeout_s`` without a heartbeat), until ``learner.sync_timeout_s``.
+
+    syncer = WeightSyncer(cfg, io); seconds = syncer.sync(named_tensors, version)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from asyncrl import messages
+from asyncrl.config import RunConfig, parse_address
+from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, broadcast_packed, connect_store, default_backend,
+                                 pack_state, tensor_metas)
+from learner.io import LearnerIO
+
+log = logging.getLogger("learner.sync")
+
+Members = dict[bytes, int]  # generator identity -> incarnation
+
+
+class WeightSyncer:
+    def __init__(self, cfg: RunConfig, io: LearnerIO) -> None:
+        self.cfg, self.io = cfg, io
+        self.host, self.port = parse_address(cfg.transport.weight_sync)
+        self.backend = default_backend()
+        self.store = connect_store(self.host, self.port, is_master=True, timeout_s=cfg.learner.sync_timeout_s,
+                                   who="learner")
+        self.group: SyncGroup | None = None
+        self.members: Members = {}
+        self.epoch = -1
+        self.failures = 0  # syncs that had to be retried (a generator died or never joined)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+    def stale(self) -> bool:
+        """Membership changed since the group was formed (someone died, restarted or joined)."""
+        return self.io.membership() != self.members
+
+    def sync(self, items: list[tuple[str, torch.Tensor]], version: int) -> float:
+        """Broadcast ``items`` to every live generator; return seconds until all serve ``version``."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        bucket = cfg.learner.bucket_mb << 20
+        metas = tensor_metas(items, cfg.rollout.dtype)
+        flats = pack_state(items, cfg.rollout.dtype, bucket, self.device)  # before generators pause
+        payload = {"version": version, "tensors": [list(m) for m in metas], "bucket_bytes": bucket}
+        retry = False
+        while True:
+            members = self._live_members()
+            try:
+                self._sync_once(members, flats, payload, regroup=retry or members != self.members)
+                return time.perf_counter() - t0
+            except (WeightSyncTimeout, TimeoutError) as e:
+                self.failures += 1
+                self._drop_group()
+                if time.perf_counter() - t0 > cfg.learner.sync_timeout_s:
+                    raise WeightSyncTimeout(f"weight sync v{version} kept failing for "
+                                            f"{cfg.learner.sync_timeout_s:.0f}s (learner.sync_timeout_s): {e}") from None
+                log.warning("weight sync v%d failed (%s); retrying once the generators change", version, e)
+                self._await_change(members)
+                retry = True
+
+    def _live_members(self) -> Members:
+        """At least one generator must be alive to sync to; wait for one (bounded)."""
+        return self.io.wait_for(lambda: self.io.membership_locked() or None, self.cfg.learner.wait_timeout_s,
+                                "a live generator to send weights to")
+
+    def _await_change(self, members: Members) -> None:
+        try:
+            self.io.wait_for(lambda: True if self.io.membership_locked() != members else None,
+                             self.cfg.learner.generator_timeout_s, "a generator to restart or be declared gone")
+        except TimeoutError:
+            pass  # nobody changed: retry with the same generators (the failure may have been transient)
+
+    def _sync_once(self, members: Members, flats: list[torch.Tensor], payload: dict[str, Any],
+                   regroup: bool) -> None:
+        names = sorted(members)
+        version = payload["version"]
+        if regroup:
+            self._drop_group()
+            self.epoch += 1
+        msg = messages.encode("sync", **payload, epoch=self.epoch, members=[n.decode() for n in names])
+        self.io.send_to(names, msg)
+        if regroup:
+            lr = self.cfg.learner
+            log.info("forming weight-sync group epoch %d with %d generator(s): %s", self.epoch, len(names),
+                     ", ".join(n.decode() for n in names))
+            self.group = SyncGroup(self.host, self.port, 0, len(names) + 1, timeout_s=lr.sync_timeout_s,
+                                   backend=self.backend, epoch=self.epoch, store=self.store,
+                                   names=["learner"] + [n.decode() for n in names],
+                                   join_timeout_s=lr.generator_timeout_s,
+                                   cancelled=lambda: self.io.membership() != members)
+            self.members = dict(members)
+        assert self.group is not None
+        broadcast_packed(self.group, flats, version=version)
+        self.io.wait_for(lambda: self._applied(members, version), self.cfg.learner.sync_timeout_s,
+                         f"{len(names)} generator(s) to apply weights v{version}")
+
+    def _applied(self, members: Members, version: int) -> bool | None:
+        """Under the I/O lock: True once every member serves ``version``; raise if one went away."""
+        if self.io.membership_locked() != members:
+            raise WeightSyncTimeout(f"a generator died or restarted while applying weights v{version}")
+        return True if all(self.io.synced.get(g, -1) >= version for g in members) else None
+
+    def _drop_group(self) -> None:
+        if self.group is not None:
+            self.group.abandon()
+            self.group = None
+            self.members = {}
