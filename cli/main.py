@@ -202,5 +202,17 @@ def bench(ctx: typer.Context,
         raise typer.Exit(1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def chaos(ctx: typer.Context,
+          out: Path = typer.Option(Path("runs/bench"), "--out", help="Results directory (markdown + JSON).")) -> None:
+    """Chaos drill on the tiny config: kill -9 the generator, reward worker and learner at random
+    steps (resuming after the learner), then check every prompt was trained exactly once or is
+    accounted for. Options go to benchmarks/chaos.py (see its --help)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos.py"
+    raise typer.Exit(subprocess.run([sys.executable, str(script), "--out", str(out)] + list(ctx.args)).returncode)
+
+
 if __name__ == "__main__":
     app()

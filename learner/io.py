@@ -44,6 +44,7 @@ class LearnerIO(threading.Thread):
         self.synced: dict[bytes, int] = {}
         self.members: dict[bytes, int] = {}  # live generators -> incarnation (bumped by each hello)
         self.last_seen: dict[bytes, float] = {}
+        self._incarnations: dict[bytes, int] = {}
         self.generators_gone = 0  # declared gone after generator_timeout_s of silence
         self.generator_restarts = 0  # hellos from a generator identity seen before
         self._identities = {generator_identity(i, cfg.rollout.num_generators)
@@ -200,7 +201,8 @@ class LearnerIO(threading.Thread):
             self.generator_restarts += 1
             log.warning("%s said hello again (restarted): its prompts in flight are dispatched again", name)
         self._lose(self.dispatcher.hold_generator(gen), f"{name} restarted")
-        self.members[gen] = self.members.get(gen, 0) + 1
+        self._incarnations[gen] = self._incarnations.get(gen, 0) + 1
+        self.members[gen] = self._incarnations[gen]
         self.synced.pop(gen, None)
 
     def _declare_gone(self, now: float) -> None:

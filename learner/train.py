@@ -170,8 +170,9 @@ class Learner(LearnerRank):
             start = last = time.perf_counter()
             if self.resumed is None:
                 self._log_validation(step=0, time_s=0.0)
-            else:
-                log.info("resumed at policy version %d; continuing at step %d", self.version, self.start_step + 1)
+            else:  # connect_generators sent them the resumed policy before any prompt
+                log.info("generators serve the resumed weights v%d; continuing at step %d", self.version,
+                         self.start_step + 1)
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 t_wait = time.perf_counter()
                 groups = self._next_batch()

@@ -132,10 +132,12 @@ def test_fuzz_every_socket_during_a_run(data: list[str], tmp_path: Path) -> None
           f"learner peak RSS {last['peak_rss_mb_r0']:.0f} MiB; reward {first:.2f} -> {steps[-1]['reward_mean']:.2f}")
 
 
-def test_reward_worker_killed_under_curve(data: list[str], tmp_path: Path) -> None:
+def test_workers_killed_under_curve(data: list[str], tmp_path: Path) -> None:
     """Under CURVE (every socket encrypted, only authorized keys): a peer without a key gets nothing
-    through; the reward worker killed with SIGKILL at step 3 is restarted (and re-authenticates),
-    and the run reaches its step limit."""
+    through; the reward worker killed with SIGKILL at step 3 and the generator killed with SIGKILL
+    at step 6 are restarted (and re-authenticate; the generator joins a re-formed weight-sync group
+    and gets the current weights before any prompt), and the run reaches its step limit with every
+    prompt trained exactly once and no sample older than max_staleness."""
     from asyncrl.curve import create_keys
 
     from asyncrl.curve import CurveKeys, secure_client
@@ -151,11 +153,12 @@ def test_reward_worker_killed_under_curve(data: list[str], tmp_path: Path) -> No
     ctx = zmq.Context()
     try:
         lines: list[str] = []
-        pid = None
+        pids: dict[str, int] = {}
         for line in proc.stdout:
             lines.append(line)
-            if "started reward-0 (pid" in line and pid is None:
-                pid = int(line.split("(pid ")[1].split(")")[0])
+            for name in ("reward-0", "rollout-0"):
+                if f"started {name} (pid" in line and name not in pids:
+                    pids[name] = int(line.split("(pid ")[1].split(")")[0])
             if "[learner]" in line and "step 2/" in line:
                 for name in ("trajectories", "dispatch", "rewards"):  # an intruder without an authorized key
                     intruder = ctx.socket(zmq.DEALER if name == "dispatch" else zmq.PUSH)
@@ -165,7 +168,9 @@ def test_reward_worker_killed_under_curve(data: list[str], tmp_path: Path) -> No
                     for _ in range(20):
                         intruder.send(b"not allowed")
             if "[learner]" in line and "step 3/" in line:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pids["reward-0"], signal.SIGKILL)
+            if "[learner]" in line and "step 6/" in line:
+                os.kill(pids["rollout-0"], signal.SIGKILL)
                 break
         out, _ = proc.communicate(timeout=600)
     finally:
@@ -174,11 +179,18 @@ def test_reward_worker_killed_under_curve(data: list[str], tmp_path: Path) -> No
     out = "".join(lines) + out
     assert proc.returncode == 0, out[-5000:]
     assert "reward-0 was killed by signal 9; restarting it" in out
+    assert "rollout-0 was killed by signal 9; restarting it" in out
     events = [json.loads(x) for x in (run_dir / "supervisor.jsonl").read_text().splitlines()]
-    assert events[0]["process"] == "reward-0"
+    assert [e["process"] for e in events] == ["reward-0", "rollout-0"]
     steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
     assert [r["step"] for r in steps] == list(range(1, 15))
+    trained = [p for r in steps for p in r["prompt_ids"]]
+    assert len(trained) == len(set(trained)) == 14 * 4  # < one pass over the data: each prompt once
+    assert max(r["staleness_max"] for r in steps) <= 2  # the restarted generator got current weights
+    assert steps[-1]["generator_restarts"] == 1 and steps[-1]["worker_restarts"] == 2
+    assert "forming weight-sync group epoch 1" in out
     assert steps[-1]["messages_dropped"] == 0  # the intruder never got a message through
     assert "refused a peer without an authorized CURVE key" in out
-    print(f"\nreward worker restart: prompts re-dispatched {steps[-1]['prompts_redispatched']}, samples lost "
-          f"{steps[-1]['samples_lost']} (then regenerated), late duplicates dropped {steps[-1]['duplicates_dropped']}")
+    print(f"\nreward worker + generator restarts: prompts re-dispatched {steps[-1]['prompts_redispatched']}, "
+          f"samples lost {steps[-1]['samples_lost']} (then regenerated), late duplicates dropped "
+          f"{steps[-1]['duplicates_dropped']}, weight syncs retried {steps[-1]['sync_failures']}")

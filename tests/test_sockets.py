@@ -68,6 +68,7 @@ def test_learner_io_survives_garbage_and_dispatches() -> None:
     io.start()
     ctx = zmq.Context()
     gen = ctx.socket(zmq.DEALER)
+    gen.setsockopt(zmq.IDENTITY, b"gen-0")
     gen.connect(f"tcp://{cfg.transport.dispatch}")
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://{cfg.transport.trajectories}")
@@ -77,6 +78,8 @@ def test_learner_io_survives_garbage_and_dispatches() -> None:
             push.send(g)
         gen.send(messages.encode("hello", generator=0, version=0))
         gen.send(messages.encode("credit", generator=0, version=0, count=5))
+        assert not gen.poll(500)  # held: no prompt before it serves the learner's weights
+        gen.send(messages.encode("synced", generator=0, version=0, seconds=0.1))
         assert gen.poll(10000)
         msg = messages.decode(gen.recv())
         assert msg["type"] == "prompts" and len(msg["items"]) == 2  # admission: (0+0+1)*2
@@ -86,6 +89,50 @@ def test_learner_io_survives_garbage_and_dispatches() -> None:
         push.send(schema.encode_batch(schema.make_batch([_row(group_id=999)])))  # foreign
         _wait(lambda: len(io.buffer) == 1 and io.duplicates == 2)
         _wait(lambda: io.drops.total == 2 * len(GARBAGE))
+    finally:
+        io.stop()
+        ctx.destroy(linger=0)
+
+
+def test_silent_generator_is_declared_gone_and_told_to_rejoin() -> None:
+    """A generator on another host goes silent: after learner.generator_timeout_s its prompts are
+    dispatched again; when it speaks again it is told to rejoin; a hello makes it a member again,
+    held until it serves the current weights. Hellos under a wrong identity are dropped."""
+    cfg = _cfg()
+    cfg.learner.generator_timeout_s = 1.0
+    prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(8)]
+    d = Dispatcher(prompts, prompts_per_step=2, max_staleness=0, sampling=Sampling(2, 1.0, 4), seed=0)
+    io = LearnerIO(cfg, d)
+    io.start()
+    ctx = zmq.Context()
+    gen = ctx.socket(zmq.DEALER)
+    gen.setsockopt(zmq.IDENTITY, b"gen-0")
+    gen.connect(f"tcp://{cfg.transport.dispatch}")
+    impostor = ctx.socket(zmq.DEALER)
+    impostor.setsockopt(zmq.IDENTITY, b"gen-7")
+    impostor.connect(f"tcp://{cfg.transport.dispatch}")
+    try:
+        impostor.send(messages.encode("hello", generator=7, version=0))  # out of range: dropped
+        gen.send(messages.encode("hello", generator=0, version=0))
+        gen.send(messages.encode("credit", generator=0, version=0, count=5))
+        gen.send(messages.encode("synced", generator=0, version=0, seconds=0.1))
+        assert gen.poll(10000)
+        first = messages.decode(gen.recv())["items"]
+        assert len(first) == 2 and io.membership() == {b"gen-0": 1}
+        _wait(lambda: io.generators_gone == 1, timeout=10)  # silent for more than 1 s
+        assert io.membership() == {} and d.redispatched == 2 and d.held == {b"gen-0"}
+        gen.send(messages.encode("heartbeat", generator=0, version=0))
+        assert gen.poll(10000) and messages.decode(gen.recv())["type"] == "rejoin"
+        gen.send(messages.encode("hello", generator=0, version=0))
+        gen.send(messages.encode("credit", generator=0, version=0, count=5))
+        _wait(lambda: io.membership() == {b"gen-0": 2})
+        assert not gen.poll(300)  # held again until it serves the current weights
+        gen.send(messages.encode("synced", generator=0, version=0, seconds=0.1))
+        assert gen.poll(10000)
+        again = messages.decode(gen.recv())["items"]
+        assert sorted(it["prompt_id"] for it in again) == sorted(it["prompt_id"] for it in first)
+        assert all(it["attempt"] == 1 for it in again)
+        assert io.drops.counts["control-identity"] == 1
     finally:
         io.stop()
         ctx.destroy(linger=0)
