@@ -138,11 +138,13 @@ class Learner(LearnerRank):
         self.stale_dropped = 0
         self.groups_filtered = 0
         self.syncer: WeightSyncer | None = None
+        self._sync_failures_before = 0  # sync retries before the checkpoint this run resumed from
         if self.resumed is not None:
             st = self.resumed
             self.version, self.start_step = int(st["version"]), int(st["step"])
             self.stale_dropped, self.groups_filtered = int(st["stale_dropped"]), int(st["groups_filtered"])
             self.dispatcher.restore(st["dispatcher"], self.version)
+            self._restore_counters(st.get("counters", {}))
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         lg = cfg.logging
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
@@ -214,10 +216,30 @@ class Learner(LearnerRank):
         with self.io.cond:
             data = self.dispatcher.state()
         state = {"step": step, "version": self.version, "dispatcher": data,
-                 "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered}
+                 "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered,
+                 "counters": self._counters()}
         self.ranks.send("checkpoint", str(step).encode())
         path = self.save_checkpoint(step, state)
         log.info("checkpoint %s (%.1fs, %d prompts outstanding)", path, time.perf_counter() - t0, len(data["pending"]))
+
+    # Reliability counters continue across a resume (what happened after the checkpoint is
+    # discarded with the steps it belonged to).
+    _COUNTERS = {"prompts_redispatched": ("dispatcher", "redispatched"), "samples_lost": ("dispatcher", "samples_lost"),
+                 "duplicates_dropped": ("io", "duplicates"), "samples_duplicate_dropped": ("io", "duplicate_samples"),
+                 "generator_restarts": ("io", "generator_restarts"), "generators_gone": ("io", "generators_gone")}
+
+    def _counters(self) -> dict[str, int]:
+        out = {k: int(getattr(getattr(self, owner), attr)) for k, (owner, attr) in self._COUNTERS.items()}
+        out["sync_failures"] = self._sync_failures()
+        return out
+
+    def _restore_counters(self, counters: dict[str, int]) -> None:
+        for key, (owner, attr) in self._COUNTERS.items():
+            setattr(getattr(self, owner), attr, int(counters.get(key, 0)))
+        self._sync_failures_before = int(counters.get("sync_failures", 0))
+
+    def _sync_failures(self) -> int:
+        return self._sync_failures_before + (self.syncer.failures if self.syncer else 0)
 
     def _next_batch(self) -> list:
         """The oldest ``prompts_per_step`` usable groups: too-stale ones dropped (policy ``drop``)
@@ -318,7 +340,7 @@ class Learner(LearnerRank):
             "samples_duplicate_dropped": self.io.duplicate_samples,
             "samples_lost": self.dispatcher.samples_lost, "prompts_redispatched": self.dispatcher.redispatched,
             "generator_restarts": self.io.generator_restarts, "generators_gone": self.io.generators_gone,
-            "sync_failures": self.syncer.failures if self.syncer else 0,
+            "sync_failures": self._sync_failures(),
             "worker_restarts": worker_restarts(self.cfg.run.dir),
             "transport_s_total": self.io.transport_s, "trajectory_mb_total": self.io.bytes_in / 2**20,
             **stats,
