@@ -75,6 +75,8 @@ class RolloutSection(_Section):
     cpu_bind: str | None = Field(None, description="CPUs the vLLM CPU engine binds its threads to "
                                  "(VLLM_CPU_OMP_THREADS_BIND, e.g. '1' or '2-3'); None: vLLM's automatic choice.")
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a generator's heartbeats to the learner.")
+    learner_timeout_s: float = Field(300.0, gt=0, description="A generator that hears nothing from the learner "
+                                     "(not even a heartbeat answer) this long exits with an error naming it.")
 
 
 class RewardSection(_Section):

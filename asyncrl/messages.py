@@ -11,6 +11,7 @@ Learner → generator:
                                           weights follow on the sync group of ``epoch``,
                                           whose rank r+1 is the generator named members[r]
   rejoin  {}                              you were declared dead: say hello again
+  ack     {}                              answer to a heartbeat: the learner is alive
   stop    {}                              shut down cleanly
 """
 
@@ -29,6 +30,7 @@ MESSAGE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "prompts": {"items": (list,)},
     "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,), "epoch": (int,), "members": (list,)},
     "rejoin": {},
+    "ack": {},
     "stop": {},
 }
 

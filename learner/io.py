@@ -30,6 +30,9 @@ from learner.dispatcher import Dispatcher
 log = logging.getLogger("learner.io")
 
 
+_ACK = messages.encode("ack")
+
+
 def generator_identity(index: int, num_generators: int) -> bytes | None:
     """The ZeroMQ identity generator ``index`` uses; None for an index out of range."""
     return f"gen-{index}".encode() if 0 <= index < num_generators else None
@@ -191,6 +194,8 @@ class LearnerIO(threading.Thread):
                 self._send(gen, messages.encode("rejoin"))
             else:
                 self.drops.drop("control-foreign", f"{kind} from {gen[:32]!r}, which never said hello")
+        elif kind == "heartbeat":
+            self._send(gen, _ACK)
         elif items:
             self._send(gen, messages.encode("prompts", items=items))
 

@@ -80,6 +80,7 @@ class Generator:
         self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
         self.identity = f"gen-{index}"
         self.epoch: int | None = None  # weight-sync group joined, None before the first / after a failure
+        self.last_heard = time.monotonic()  # from the learner
         self.paused = False
 
     async def start(self) -> None:
@@ -94,6 +95,7 @@ class Generator:
         for addr in cfg.transport.rewards:
             self.out.connect(tcp(addr))
         await self._hello()
+        self.last_heard = time.monotonic()  # the learner's silence counts from the first hello
         self.heartbeat = asyncio.create_task(self._heartbeats())
         log.info("generator %d ready; the learner sends weights before prompts", self.index)
 
@@ -127,8 +129,10 @@ class Generator:
                 raise RuntimeError(f"generation failed: {self.failure!r}") from self.failure
             self.stats.maybe_write(self.version)
             if not await self.control.poll(500):
+                self._check_learner()
                 continue
             data = await self.control.recv()
+            self.last_heard = time.monotonic()
             try:
                 msg = messages.decode(data, max_bytes=limit)
             except messages.MessageError as e:
@@ -143,12 +147,21 @@ class Generator:
                 t0 = time.perf_counter()
                 await self._apply_sync(msg)
                 self.stats.paused(time.perf_counter() - t0)
+            elif msg["type"] == "ack":
+                pass
             elif msg["type"] == "rejoin":
                 await self._rejoin()
             elif msg["type"] == "stop":
                 self.stopping = True
             else:
                 self.drops.drop("unexpected", msg["type"])
+
+    def _check_learner(self) -> None:
+        limit = self.cfg.rollout.learner_timeout_s
+        if time.monotonic() - self.last_heard > limit:
+            raise RuntimeError(f"generator {self.index}: no message from the learner at {self.cfg.transport.dispatch} "
+                               f"for {limit:.0f}s (rollout.learner_timeout_s): is it running, and is the address "
+                               f"right?")
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
