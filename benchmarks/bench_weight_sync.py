@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -88,14 +90,129 @@ def model_bytes(model: Path, dtype_bytes: int) -> int:
     return total
 
 
+_APPLIED = re.compile(r"weights applied \((?P<path>[^)]+)\): (?P<total>[0-9.]+)s, of which receiving (?P<recv>[0-9.]+)s")
+
+
+def generator_breakdown(log: Path) -> dict[str, object]:
+    """The generators' own per-sync split (from rollout/vllm_ext.py's log lines): apply path, seconds
+    inside the vLLM worker waiting for the broadcast, and seconds applying; median over the
+    syncs after the first (which also decides the path and warms up)."""
+    found = [m.groupdict() for m in _APPLIED.finditer(log.read_text(errors="replace"))] if log.is_file() else []
+    steady = found[1:] or found
+    if not steady:
+        return {}
+    recv = statistics.median(float(m["recv"]) for m in steady)
+    total = statistics.median(float(m["total"]) for m in steady)
+    return {"apply_path": ",".join(sorted({m["path"] for m in found})), "worker_receive_s": recv,
+            "worker_apply_s": statistics.median(float(m["total"]) - float(m["recv"]) for m in steady),
+            "worker_total_s": total, "first_sync_worker_s": float(found[0]["total"])}
+
+
+def _apply_ab_child(model: str, dtype: str, rounds: int, out: "mp.Queue[dict]") -> None:
+    """In one engine (worker in this process): vLLM's reload_weights vs rollout.inplace, alternated."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import torch
+    from safetensors.torch import load_file
+    from vllm import LLM
+
+    from rollout.inplace import apply_inplace, inspect_model
+
+    llm = LLM(model, dtype=dtype, enforce_eager=True, seed=0, max_model_len=256)
+    tied = json.loads((Path(model) / "config.json").read_text()).get("tie_word_embeddings", False)
+    state = {}
+    for f in sorted(Path(model).glob("*.safetensors")):
+        state.update(load_file(f))
+    items = [(k, v.to(getattr(torch, dtype))) for k, v in state.items() if not (tied and k == "lm_head.weight")]
+
+    def reload(worker: object) -> float:
+        t = time.perf_counter()
+        worker.model_runner.reload_weights(weights_iterator=iter(items))  # type: ignore[attr-defined]
+        if tied:  # as rollout/vllm_ext.py's fallback does
+            head = worker.model_runner.get_model().lm_head  # type: ignore[attr-defined]
+            head.quant_method.process_weights_after_loading(head)
+        return time.perf_counter() - t
+
+    def inplace(model_: torch.nn.Module) -> float | str:
+        plan = inspect_model(model_, None)
+        if plan.reason is not None:
+            return plan.reason
+        t = time.perf_counter()
+        apply_inplace(model_, plan, iter(items))
+        return time.perf_counter() - t
+
+    res: dict[str, list] = {"reload_weights_s": [], "inplace_s": []}
+    for _ in range(rounds):
+        res["reload_weights_s"].append(llm.collective_rpc(reload)[0])
+        res["inplace_s"].append(llm.apply_model(inplace)[0])
+    out.put(res)
+
+
+def apply_ab(model: Path, dtype: str, rounds: int) -> list[dict[str, object]]:
+    """Generator-side apply, both paths side by side on the same live engine; and learner-side
+    packing into fresh vs reused bucket buffers (median of ``rounds`` after one warm-up each)."""
+    import torch
+
+    from asyncrl.weight_sync import pack_state
+
+    ctx = mp.get_context("spawn")
+    q: mp.Queue[dict] = ctx.Queue()
+    p = ctx.Process(target=_apply_ab_child, args=(str(model), dtype, rounds + 1, q))
+    p.start()
+    res = q.get(timeout=900)
+    p.join()
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(model.glob("*.safetensors")):
+        state.update(load_file(f))
+    named = [(k, v.float().clone()) for k, v in state.items() if k != "lm_head.weight"]
+    fresh, reused, bufs = [], [], []
+    for _ in range(rounds + 1):
+        t = time.perf_counter()
+        del_me = pack_state(named, dtype, 64 << 20)
+        fresh.append(time.perf_counter() - t)
+        del del_me
+        t = time.perf_counter()
+        pack_state(named, dtype, 64 << 20, buffers=bufs)
+        reused.append(time.perf_counter() - t)
+
+    def med(xs: list) -> object:
+        nums = [x for x in xs[1:] if isinstance(x, float)]
+        return statistics.median(nums) if nums else xs[-1]
+
+    return [{"piece": "generator: vLLM reload_weights (+ tied head re-pack)", "seconds": med(res["reload_weights_s"])},
+            {"piece": "generator: in-place copy (rollout/inplace.py)", "seconds": med(res["inplace_s"])},
+            {"piece": "learner: pack_state into fresh buffers", "seconds": med(fresh)},
+            {"piece": "learner: pack_state into reused buffers", "seconds": med(reused)}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--syncs", type=int, default=12)
     ap.add_argument("--generators", type=int, default=1)
     ap.add_argument("--bucket-mb", type=int, default=64)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--pieces", action="store_true",
+                    help="only time the pieces side by side: generator apply paths, learner packing")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
+    if args.pieces:
+        model, dtype = (SMOLLM2, "bfloat16") if (SMOLLM2 / "config.json").is_file() and not args.smoke else (None, "float32")
+        with tempfile.TemporaryDirectory() as tmp:
+            if model is None:
+                from asyncrl.models.tiny import write_tiny_model
+
+                model = write_tiny_model(Path(tmp) / "tiny")
+            load_before = os.getloadavg()[0]
+            rows = apply_ab(model, dtype, rounds=2 if args.smoke else 4)
+        md = table(rows, ["piece", "seconds"]) + (
+            f"\n\nmodel {model.name} ({dtype}); machine load (1-min load average, {os.cpu_count()} cores): "
+            f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+        write_results(args.out, "weight_sync_pieces", {"rows": rows}, md)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         from asyncrl.data.arith import write_arith
@@ -113,9 +230,11 @@ def main() -> None:
                 f"rollout.num_generators={args.generators}", f"rollout.dtype={dtype}", "learner.sync_every=1",
                 "rollout.max_new_tokens=16", "learner.prompts_per_step=2", "rollout.n=4",
                 "learner.max_staleness=1"]
+        load_before = os.getloadavg()[0]  # 2 cores: anything else running skews every figure
         print(f"asyncrl up: {args.syncs} steps, one sync each, {args.generators} generator(s)", flush=True)
         run = run_up(REPO / "configs" / config, tmp_path / "run", sets + port_sets(), max_steps=args.syncs,
                      label="sync")
+        split = generator_breakdown(tmp_path / "run.log")
         nbytes = model_bytes(model, dtype_bytes)
         print(f"raw gloo broadcast of {nbytes / 2**20:.1f} MiB", flush=True)
         raw = raw_broadcast_s(nbytes, args.bucket_mb << 20, repeats=args.syncs)
@@ -130,7 +249,13 @@ def main() -> None:
     md += (f"\n\nmodel {model.name}, {nbytes / 2**20:.1f} MiB per sync ({dtype}), bucket {args.bucket_mb} MiB, "
            f"median of {len(run['steps'])} syncs\n\n**full sync / raw broadcast effective GB/s = {ratio:.2f} "
            f"(goal >= 0.5); generator pause per sync = {pause_ms:.0f} ms**")
-    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes,
+    md += (f"\n\nmachine load (1-min load average, {os.cpu_count()} cores): {load_before:.2f} before the run, "
+           f"{os.getloadavg()[0]:.2f} after")
+    if split:
+        md += (f"\n\ninside the vLLM worker per sync (median after the first): apply path {split['apply_path']}, "
+               f"receiving {split['worker_receive_s']:.3f} s, applying {split['worker_apply_s']:.3f} s; "
+               f"first sync {split['first_sync_worker_s']:.3f} s")
+    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes, **split,
                                             "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
 
 

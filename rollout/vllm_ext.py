@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-log = logging.getLogger(__name__)
+# A child of vLLM's logger: vLLM configures "vllm" in its worker processes, so these lines
+# reach the engine's log like vLLM's own (a logger named after this module would be silent).
+log = logging.getLogger("vllm.asyncrl.weight_sync")
 
 
 class WeightSyncExtension:
@@ -20,24 +23,70 @@ class WeightSyncExtension:
     model_runner: Any
 
     def asyncrl_init_sync(self, host: str, port: int, rank: int, world_size: int,
-                          timeout_s: float, backend: str) -> bool:
-        from asyncrl.weight_sync import SyncGroup
+                          timeout_s: float, backend: str, epoch: int = 0) -> bool:
+        """Join the learner's weight-sync group of this membership epoch (dropping an older one)."""
+        from asyncrl.weight_sync import SyncGroup, connect_store
 
+        old = getattr(self, "_asyncrl_group", None)
+        if old is not None:
+            old.close()
+            self._asyncrl_group = None
+        store = getattr(self, "_asyncrl_store", None)
+        if store is None:
+            store = self._asyncrl_store = connect_store(host, port, is_master=False, timeout_s=timeout_s,
+                                                        who=f"generator rank {rank}")
         self._asyncrl_group = SyncGroup(host, port, rank, world_size, timeout_s=timeout_s,
-                                        backend=backend)
+                                        backend=backend, epoch=epoch, store=store)
         return True
 
     def asyncrl_receive_weights(self, metas: list[Any], bucket_bytes: int) -> float:
-        """Receive one full broadcast and apply it; return seconds spent."""
+        """Receive one full broadcast and apply it; return seconds spent.
+
+        Weights land in persistent bucket buffers (no fresh allocation per sync) and are copied
+        straight into the live parameters when :func:`rollout.inplace.inspect_model` says that is
+        correct for this model; otherwise vLLM's (much slower) layer-wise ``reload_weights``.
+        """
         from asyncrl.weight_sync import receive_state
 
         t0 = time.perf_counter()
         metas = [(str(n), str(d), [int(s) for s in shape]) for n, d, shape in metas]
         device = getattr(self.model_runner, "device", "cpu")
-        weights = receive_state(self._asyncrl_group, metas, bucket_bytes, device=device)
-        self.model_runner.reload_weights(weights_iterator=weights)
-        self._asyncrl_repack_tied_head()
-        return time.perf_counter() - t0
+        buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
+        timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers))
+        plan = self._asyncrl_plan()
+        if plan.reason is None:
+            from rollout.inplace import apply_inplace
+
+            apply_inplace(self.model_runner.get_model(), plan, timed)
+        else:
+            self.model_runner.reload_weights(weights_iterator=timed)
+            self._asyncrl_repack_tied_head()
+        total = time.perf_counter() - t0
+        self._asyncrl_last = {"path": "in-place" if plan.reason is None else "reload_weights",
+                              "total_s": total, "receive_s": timed.seconds, "apply_s": total - timed.seconds}
+        log.info("weights applied (%s): %.3fs, of which receiving %.3fs", self._asyncrl_last["path"], total,
+                 timed.seconds)
+        return total
+
+    def asyncrl_last_sync(self) -> dict[str, Any]:
+        """Path and timing of the last applied sync (for tests and benchmarks)."""
+        return dict(getattr(self, "_asyncrl_last", {}))
+
+    def _asyncrl_plan(self) -> Any:
+        """Decide once (the model's layout does not change) which apply path is correct; log it."""
+        plan = getattr(self, "_asyncrl_plan_cached", None)
+        if plan is None:
+            from rollout.inplace import inspect_model
+
+            model_config = getattr(self.model_runner, "model_config", None)
+            plan = inspect_model(self.model_runner.get_model(), getattr(model_config, "quantization", None))
+            self._asyncrl_plan_cached = plan
+            if plan.reason is None:
+                log.info("weight sync: in-place copy into live parameters (%d layer(s) re-packed after it)",
+                         len(plan.repack))
+            else:
+                log.warning("weight sync: falling back to vLLM reload_weights: %s", plan.reason)
+        return plan
 
     def _asyncrl_repack_tied_head(self) -> None:
         # On the CPU backend lm_head keeps its own prepacked copy of the tied embedding;
@@ -50,3 +99,20 @@ class WeightSyncExtension:
         method = getattr(head, "quant_method", None)
         if method is not None and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(head)
+
+
+class _Timed:
+    """Wraps the receiving iterator and sums the seconds spent inside it (waiting on broadcasts)."""
+
+    def __init__(self, it: Iterator[tuple[str, Any]]) -> None:
+        self.it, self.seconds = it, 0.0
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> tuple[str, Any]:
+        t = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.seconds += time.perf_counter() - t

@@ -23,10 +23,10 @@ pytestmark = pytest.mark.slow
 PROMPTS = [[2, 89, 87, 73, 86, 99, 59, 76, 69, 88], [2, 69, 87, 87, 77, 87, 88], [40, 41, 42, 43]]
 
 
-def _cfg(model: Path, port: int):
+def _cfg(model: Path, port: int, dtype: str = "float32"):
     return validate_config({
         "model": {"path": str(model)}, "data": {"train": "unused.parquet", "max_prompt_tokens": 64},
-        "rollout": {"dtype": "float32", "max_new_tokens": 24, "n": 2},
+        "rollout": {"dtype": dtype, "max_new_tokens": 24, "n": 2},
         "transport": {"weight_sync": f"127.0.0.1:{port}"}, "learner": {"sync_timeout_s": 120}})
 
 
@@ -45,28 +45,78 @@ async def _greedy(engine, tag: str) -> list[tuple[list[int], list[float]]]:
     return out
 
 
-def _perturbed_model(src: Path, dst: Path):
+def _untied_copy(src: Path, dst: Path) -> Path:
+    """The same model with a separate lm_head (initialised to the embedding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tied = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    config = tied.config
+    config.tie_word_embeddings = False
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.clone() for k, v in tied.state_dict().items()}
+    state["lm_head.weight"] = tied.get_input_embeddings().weight.detach().clone()
+    model.load_state_dict(state)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def _perturbed_model(src: Path, dst: Path | None, seed: int = 1):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():  # includes the tied embedding / lm_head
+        for p in model.parameters():  # includes the (tied or separate) embedding / lm_head
             p.add_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    if dst is not None:
+        model.save_pretrained(dst)
+        AutoTokenizer.from_pretrained(src).save_pretrained(dst)
     return model
 
 
-def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _expected_path(dtype: str) -> str | None:
+    """The apply path vLLM 0.32's CPU GEMM dispatch leaves room for (None: depends on the CPU).
+
+    fp32 linear weights are prepacked into oneDNN handles (weight parameters emptied), so only
+    the layer-wise reload can update them; bf16 without AVX512-BF16/AMX falls back to plain
+    ``F.linear`` on the weight parameter, so the in-place copy applies.
+    """
+    from vllm import _custom_ops as ops
+
+    if dtype == "float32" and ops._supports_onednn:
+        return "reload_weights"
+    if dtype == "bfloat16" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "in-place"
+    return None
+
+
+@pytest.mark.parametrize(("dtype", "tied"), [("float32", True), ("bfloat16", True), ("bfloat16", False)],
+                         ids=["fp32-tied", "bf16-tied", "bf16-untied"])
+def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dtype: str, tied: bool) -> None:
     from learner.model import broadcast_items
     from rollout.worker import build_engine
 
     port = free_port()
-    cfg = _cfg(tiny_model_dir, port)
-    updated = _perturbed_model(tiny_model_dir, tmp_path / "updated")
+    src = tiny_model_dir if tied else _untied_copy(tiny_model_dir, tmp_path / "untied")
+    cfg = _cfg(src, port, dtype)
+    updated = _perturbed_model(src, tmp_path / "updated")
     items = broadcast_items(updated, dict(updated.state_dict()))
-    assert not any(k == "lm_head.weight" for k, _ in items)  # tied: vLLM re-ties it itself
+    assert any(k == "lm_head.weight" for k, _ in items) == (not tied)  # tied: vLLM re-ties it itself
+    decoy = _perturbed_model(src, None, seed=2)  # sent first: the second sync reuses its buffers
+    decoy_items = broadcast_items(decoy, dict(decoy.state_dict()))
+
+    async def sync(live, group: SyncGroup, named) -> dict:
+        metas = tensor_metas(named, dtype)
+        sender = threading.Thread(target=send_state, args=(group, named, dtype, 1 << 16))
+        sender.start()  # small buckets: many broadcasts, exercising the bucket plan
+        await live.pause_generation(mode="keep", clear_cache=False)
+        await live.collective_rpc("asyncrl_receive_weights", args=([list(m) for m in metas], 1 << 16))
+        await live.reset_prefix_cache(reset_running_requests=True)
+        await live.resume_generation()
+        sender.join()
+        return (await live.collective_rpc("asyncrl_last_sync"))[0]
 
     async def scenario():
         live = build_engine(cfg, seed=0)
@@ -77,14 +127,8 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path) -> 
         t.start()
         await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 2, 120.0, "gloo"))
         t.join()
-        metas = tensor_metas(items, "float32")
-        sender = threading.Thread(target=send_state, args=(group["g"], items, "float32", 1 << 16))
-        sender.start()  # small buckets: many broadcasts, exercising the bucket plan
-        await live.pause_generation(mode="keep", clear_cache=False)
-        await live.collective_rpc("asyncrl_receive_weights", args=([list(m) for m in metas], 1 << 16))
-        await live.reset_prefix_cache(reset_running_requests=True)
-        await live.resume_generation()
-        sender.join()
+        await sync(live, group["g"], decoy_items)
+        last = await sync(live, group["g"], items)
         after = await _greedy(live, "after")
         live.shutdown()
         del live  # finalise now, not at interpreter exit when vLLM's module globals are gone
@@ -94,10 +138,27 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path) -> 
         ref = await _greedy(fresh, "fresh")
         fresh.shutdown()
         del fresh
-        return before, after, ref
+        return before, after, ref, last
 
-    before, after, ref = asyncio.run(scenario())
+    before, after, ref, last = asyncio.run(scenario())
+    expected = _expected_path(dtype)
+    assert last["path"] == expected if expected else last["path"] in ("in-place", "reload_weights")
     assert [a[0] for a in after] != [b[0] for b in before], "update had no effect at all"
     for (toks, lps), (ref_toks, ref_lps) in zip(after, ref):
         assert toks == ref_toks
         assert max(abs(a - b) for a, b in zip(lps, ref_lps)) < 1e-4
+
+
+def test_pack_state_reuses_buffers() -> None:
+    """Packing into kept buffers gives the same bytes as fresh packing, in the same storage."""
+    from asyncrl.weight_sync import pack_state
+
+    bufs: list[torch.Tensor] = []
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        named = [(f"t{i}", torch.randn((7, 5 + i), generator=g)) for i in range(6)]
+        got = pack_state(named, "bfloat16", 200, buffers=bufs)
+        if seed == 0:
+            ptrs = [b.data_ptr() for b in bufs]
+        assert [f.data_ptr() for f in got] == ptrs
+        assert all(torch.equal(a, b) for a, b in zip(got, pack_state(named, "bfloat16", 200)))
