@@ -65,7 +65,9 @@ class RolloutSection(_Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="vLLM weights/compute (also the weight-sync dtype); auto: bfloat16 on GPUs and CPUs "
+        "with native bf16 (AVX512-BF16/AMX), float32 elsewhere (bf16 is ~10x slower there).")
     max_inflight_prompts: int = Field(8, ge=1, description="Prompts each generator keeps in flight.")
     kv_cache_gb: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1.0)
@@ -134,7 +136,8 @@ class LearnerSection(ShardingFields):
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
-    autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights).")
+    autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights); "
+                                "ignored, with a warning, on CPUs without native bf16.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per learner rank (None: torch default).")
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")

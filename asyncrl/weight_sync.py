@@ -222,8 +222,9 @@ def pack_state(named: list[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: 
 
     Packing before the ``sync`` message goes out keeps the casts out of the generators' pause.
     ``buffers``: a list the caller keeps between syncs (as in :func:`receive_state`); bucket k
-    is packed into ``buffers[k]`` when it fits. Measured on SmolLM2-135M (2-core CPU): 0.06 s
-    into reused buffers vs 0.2-0.38 s into fresh ones, which page-fault 256 MiB in every sync.
+    is packed into ``buffers[k]`` when it fits. SmolLM2-135M, 2-core CPU (``bench_weight_sync.py
+    --pieces``, 2026-12-01): 0.045 s into reused buffers vs 0.154 s into fresh ones, which
+    page-fault 256 MiB in on every sync.
     The returned tensors are then the buffers themselves: valid until the next such call.
     """
     dt, dev = dtype_of(dtype), torch.device(device)
@@ -286,7 +287,8 @@ def _buffer(buffers: list[torch.Tensor] | None, k: int, numel: int, dtype: torch
     if k < len(buffers):
         buffers[k] = flat
     else:
-        buffers.extend([flat] * (k + 1 - len(buffers)))  # k == len(buffers) in practice
+        assert k == len(buffers), "buckets are filled in order"
+        buffers.append(flat)
     return flat
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -87,6 +88,15 @@ def full_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """Unsharded HF-named tensors on CPU (every rank participates; rank 0 gets them all)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts)
+
+
+def sync_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """:func:`full_state_dict` for a weight sync. With one learner rank every shard already is the
+    whole tensor: return views of the live parameters (the sync packs them into its buffers at
+    once) instead of gathering a fresh full-precision copy of the model."""
+    if dist.get_world_size() > 1:
+        return full_state_dict(model)
+    return {k: (v.to_local() if isinstance(v, DTensor) else v).detach() for k, v in model.state_dict().items()}
 
 
 def broadcast_items(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:

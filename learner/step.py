@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from asyncrl.config import AlgorithmSection, LearnerSection
+from asyncrl.hardware import autocast_bf16_ok
 from learner.advantages import get_estimator
 from learner.algo import entropy_from_logits, token_logprobs
 from learner.batch import TrainBatch, build_batch
@@ -110,7 +111,8 @@ class Trainer:
                            row_tokens=self.learner.pack_row_tokens).to(self.device)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.learner.autocast_bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=autocast_bf16_ok(self.learner.autocast_bf16, self.device.type))
 
     @torch.no_grad()
     def _phase_a(self, ro: Rollouts, chunks: list[list[int]]) -> tuple[Tensor | None, Tensor | None]:

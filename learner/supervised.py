@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from asyncrl.config import LoggingSection, RunSection, dump_config
+from asyncrl.hardware import autocast_bf16_ok
 from asyncrl.metrics import MetricsLogger
 from asyncrl.train_config import TrainSection
 from learner.microbatch import rank_micro_batches
@@ -95,7 +96,8 @@ class SupervisedRun:
         return float(self.world)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast_bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=autocast_bf16_ok(self.cfg.train.autocast_bf16, self.device.type))
 
     def optimizer_step(self) -> dict[str, float]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)

@@ -23,7 +23,7 @@ from learner.critic import load_critic
 from learner.dapo import groups_with_signal
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
-from learner.model import broadcast_items, full_state_dict, init_distributed, load_policy, save_hf
+from learner.model import broadcast_items, init_distributed, load_policy, save_hf, sync_state_dict
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
@@ -106,7 +106,7 @@ class LearnerRank:
                 groups, version = parse_step(payload)
                 self.trainer.step(groups, version)
             elif command == "sync":
-                full_state_dict(self.model)  # a collective: rank 0 keeps the gathered copy
+                sync_state_dict(self.model)  # a collective (K > 1 ranks): rank 0 keeps the gathered copy
             elif command == "save":
                 save_hf(self.model, self.tokenizer, Path(payload.decode()))
             elif command == "checkpoint":
@@ -283,7 +283,7 @@ class Learner(LearnerRank):
         """Broadcast the full state to every live generator; return seconds until all serve it."""
         assert self.syncer is not None
         self.ranks.send("sync")
-        return self.syncer.sync(broadcast_items(self.model, full_state_dict(self.model)), self.version)
+        return self.syncer.sync(broadcast_items(self.model, sync_state_dict(self.model)), self.version)
 
     def _wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
         """``io.wait_for`` that lets a restarted or new generator in while the learner waits: the

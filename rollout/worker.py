@@ -26,6 +26,7 @@ import zmq.asyncio
 from asyncrl import messages, schema
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.transport import DropCounter, make_socket, tcp
+from asyncrl.hardware import resolve_dtype
 from asyncrl.weight_sync import default_backend
 from rollout.stats import GeneratorStats
 
@@ -44,7 +45,7 @@ def build_engine(cfg: RunConfig, seed: int) -> Any:
 
     r = cfg.rollout
     args = AsyncEngineArgs(
-        model=str(cfg.model.path), dtype=r.dtype, seed=seed, enforce_eager=r.enforce_eager,
+        model=str(cfg.model.path), dtype=resolve_dtype(r.dtype), seed=seed, enforce_eager=r.enforce_eager,
         max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens,
         gpu_memory_utilization=r.gpu_memory_utilization,
         worker_extension_cls="rollout.vllm_ext.WeightSyncExtension",

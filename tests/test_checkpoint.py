@@ -60,3 +60,16 @@ def test_round_trip_rotation_and_corruption(tiny_model_dir: Path, tmp_path: Path
     (ck.root / "step_000002" / "manifest.json").unlink()
     assert ck.latest() is None
     assert json.loads((ck.root / "step_000003" / "manifest.json").read_text())["step"] == 3
+
+
+def test_sync_state_dict_is_the_full_state_without_a_copy(tiny_model_dir: Path) -> None:
+    """One learner rank: the weight sync reads the live (trained) parameters directly; names,
+    shapes and values equal the gathered full state dict."""
+    from learner.model import full_state_dict, sync_state_dict
+
+    model, _ = _trained(tiny_model_dir, 2)
+    full, live = full_state_dict(model), sync_state_dict(model)
+    assert list(full) == list(live)
+    assert all(torch.equal(full[k], live[k]) for k in full)
+    emb = dict(model.named_parameters())["model.embed_tokens.weight"]
+    assert live["model.embed_tokens.weight"].data_ptr() == emb.to_local().data_ptr()  # a view, not a copy

@@ -92,3 +92,12 @@ def test_help_for_every_command() -> None:
                 ["model", "tiny"], ["model", "import-gguf"]):
         res = _cli(*cmd, "--help")
         assert res.returncode == 0 and "Usage" in res.stdout, (cmd, res.stderr)
+
+
+def test_auto_dtype_is_bf16_only_where_bf16_is_fast() -> None:
+    from asyncrl.hardware import autocast_bf16_ok, fast_bf16, resolve_dtype
+
+    assert resolve_dtype("float16") == "float16" and resolve_dtype("float32") == "float32"
+    assert resolve_dtype("auto") == ("bfloat16" if fast_bf16() else "float32")
+    assert autocast_bf16_ok(True, "cpu") == fast_bf16() and not autocast_bf16_ok(False, "cpu")
+    assert load_config(REPO / "configs" / "quickstart.toml").rollout.dtype == "auto"
