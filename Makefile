@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
 
-.PHONY: install test test-fast quickstart bench clean
+.PHONY: install test test-all test-fast quickstart bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m pytest -q --durations=15 -m "not extended" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)
