@@ -265,12 +265,15 @@ def receive_state(group: SyncGroup, metas: list[TensorMeta], bucket_bytes: int,
     yielded tensors are views of the buffers: only valid until the next sync that reuses them.
     """
     buckets = plan_buckets(metas, bucket_bytes)
+    flats, sizes = [], []
     for k, bucket in enumerate(buckets):
-        dt = dtype_of(metas[bucket[0]][1])
-        sizes = [_numel(metas[i][2]) for i in bucket]
-        flat = _buffer(buffers, k, sum(sizes), dt, torch.device(device))
-        group.broadcast(flat, f"weight sync bucket {k + 1}/{len(buckets)}")
-        for i, piece in zip(bucket, torch.split(flat, sizes)):
+        sizes.append([_numel(metas[i][2]) for i in bucket])
+        flats.append(_buffer(buffers, k, sum(sizes[-1]), dtype_of(metas[bucket[0]][1]), torch.device(device)))
+    # Every receive is posted at once: gloo's threads fill bucket k+1 while the caller applies k.
+    works = [group.broadcast_async(f) for f in flats]
+    for k, bucket in enumerate(buckets):
+        group.wait(works[k], f"weight sync bucket {k + 1}/{len(buckets)}")
+        for i, piece in zip(bucket, torch.split(flats[k], sizes[k])):
             yield metas[i][0], piece.view(metas[i][2])
 
 

@@ -54,13 +54,19 @@ class WeightSyncExtension:
         buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
         timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers))
         plan = self._asyncrl_plan()
-        if plan.reason is None:
-            from rollout.inplace import apply_inplace
+        try:
+            if plan.reason is None:
+                from rollout.inplace import apply_inplace
 
-            apply_inplace(self.model_runner.get_model(), plan, timed)
-        else:
-            self.model_runner.reload_weights(weights_iterator=timed)
-            self._asyncrl_repack_tied_head()
+                apply_inplace(self.model_runner.get_model(), plan, timed)
+            else:
+                self.model_runner.reload_weights(weights_iterator=timed)
+                self._asyncrl_repack_tied_head()
+        except BaseException:
+            # Receives of the failed sync may still be pending in gloo and land later: never let
+            # them write into buffers the next sync uses.
+            self._asyncrl_buffers = []
+            raise
         total = time.perf_counter() - t0
         self._asyncrl_last = {"path": "in-place" if plan.reason is None else "reload_weights",
                               "total_s": total, "receive_s": timed.seconds, "apply_s": total - timed.seconds}
