@@ -60,16 +60,26 @@ def test_reward_worker_survives_garbage_and_scores() -> None:
         ctx.destroy(linger=0)
 
 
-def test_learner_io_survives_garbage_and_dispatches() -> None:
-    cfg = _cfg()
-    prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(4)]
+def _learner_io(cfg, n_prompts: int) -> tuple[Dispatcher, LearnerIO]:
+    prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(n_prompts)]
     d = Dispatcher(prompts, prompts_per_step=2, max_staleness=0, sampling=Sampling(2, 1.0, 4), seed=0)
     io = LearnerIO(cfg, d)
     io.start()
+    return d, io
+
+
+def _dealer(ctx: zmq.Context, cfg, identity: bytes) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(f"tcp://{cfg.transport.dispatch}")
+    return sock
+
+
+def test_learner_io_survives_garbage_and_dispatches() -> None:
+    cfg = _cfg()
+    d, io = _learner_io(cfg, 4)
     ctx = zmq.Context()
-    gen = ctx.socket(zmq.DEALER)
-    gen.setsockopt(zmq.IDENTITY, b"gen-0")
-    gen.connect(f"tcp://{cfg.transport.dispatch}")
+    gen = _dealer(ctx, cfg, b"gen-0")
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://{cfg.transport.trajectories}")
     try:
@@ -100,17 +110,9 @@ def test_silent_generator_is_declared_gone_and_told_to_rejoin() -> None:
     held until it serves the current weights. Hellos under a wrong identity are dropped."""
     cfg = _cfg()
     cfg.learner.generator_timeout_s = 1.0
-    prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(8)]
-    d = Dispatcher(prompts, prompts_per_step=2, max_staleness=0, sampling=Sampling(2, 1.0, 4), seed=0)
-    io = LearnerIO(cfg, d)
-    io.start()
+    d, io = _learner_io(cfg, 8)
     ctx = zmq.Context()
-    gen = ctx.socket(zmq.DEALER)
-    gen.setsockopt(zmq.IDENTITY, b"gen-0")
-    gen.connect(f"tcp://{cfg.transport.dispatch}")
-    impostor = ctx.socket(zmq.DEALER)
-    impostor.setsockopt(zmq.IDENTITY, b"gen-7")
-    impostor.connect(f"tcp://{cfg.transport.dispatch}")
+    gen, impostor = _dealer(ctx, cfg, b"gen-0"), _dealer(ctx, cfg, b"gen-7")
     try:
         impostor.send(messages.encode("hello", generator=7, version=0))  # out of range: dropped
         gen.send(messages.encode("hello", generator=0, version=0))
