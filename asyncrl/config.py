@@ -73,9 +73,13 @@ class RolloutSection(_Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1.0)
     enforce_eager: bool = True
     max_model_len: int | None = None
-    omp_threads: int | None = Field(None, ge=1, description="CPU threads per engine (None: vLLM default).")
-    cpu_bind: str | None = Field(None, description="CPUs the vLLM CPU engine binds its threads to "
-                                 "(VLLM_CPU_OMP_THREADS_BIND, e.g. '1' or '2-3'); None: vLLM's automatic choice.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM workers per generator (GPUs on a GPU host, "
+                                      "core sets on CPU, see [placement]); each keeps only its shard of every "
+                                      "weight sync.")
+    weight_apply: Literal["auto", "inplace", "reload"] = Field(
+        "auto", description="How generators apply a weight sync: inplace copies into the live parameters "
+        "(fast; only correct when every layer computes from its weight parameter, checked at the first "
+        "sync), reload uses vLLM's layer-wise reload_weights; auto: inplace where that check passes.")
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a generator's heartbeats to the learner.")
     learner_timeout_s: float = Field(300.0, gt=0, description="A generator that hears nothing from the learner "
                                      "(not even a heartbeat answer) this long exits with an error naming it.")
@@ -138,7 +142,13 @@ class LearnerSection(ShardingFields):
     micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights); "
                                 "ignored, with a warning, on CPUs without native bf16.")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per learner rank (None: torch default).")
+    nnodes: int = Field(1, ge=1, description="Hosts the learner's ranks span (torchrun across nodes); "
+                        "world_size must be a multiple of it. Start each node with "
+                        "`asyncrl learner CONFIG --node-rank R`.")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the learner's node 0 for the torchrun "
+                                      "rendezvous; required when nnodes > 1.")
+    rendezvous_timeout_s: float = Field(300.0, gt=0, description="Longest wait for every learner node to join; "
+                                        "then the learner exits naming the missing side.")
     max_staleness: int = Field(1, ge=0, description="Max policy versions between generation and training.")
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")
     val_every: int = Field(0, ge=0, description="Validate every N steps (0: only at start and end).")
@@ -211,6 +221,28 @@ class AlgorithmSection(_Section):
         return self.kl_loss_coef > 0 or self.kl_in_reward
 
 
+class PlacementSection(_Section):
+    """Which devices (GPU hosts) or CPU cores (CPU hosts) each process of this host gets.
+
+    Device lists use CUDA_VISIBLE_DEVICES-style ids (``"0,1"``, ``"2-3"``) on GPU hosts and CPU ids on
+    CPU hosts. A generator's entry names ``rollout.tensor_parallel_size`` devices; on CPU ``|``
+    separates its TP workers' core sets as vLLM does (``"0|1"``; without ``|`` the cores are split
+    evenly). Nothing set: the plan is automatic (learner first, then each generator, then reward
+    models); ``asyncrl up --dry-run CONFIG`` prints it. See asyncrl/placement.py.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when GPUs are visible.")
+    learner: str | None = Field(None, description="Devices (GPU: one per local learner rank) or cores of the "
+                                "learner on its host(s).")
+    generators: list[str] | None = Field(None, description="One device/core list per generator.")
+    reward: list[str] | None = Field(None, description="One device/core list per reward worker (GPU: reward "
+                                     "models; function rewards need none).")
+    allow_overlap: bool = Field(False, description="GPU: let roles share devices (refused otherwise). On CPU "
+                                "sharing cores is always allowed.")
+    learner_threads: int | None = Field(None, ge=1, description="torch CPU threads per learner rank.")
+    generator_threads: int | None = Field(None, ge=1, description="CPU threads per generator engine (OMP_NUM_THREADS).")
+
+
 class TransportSection(_Section):
     """Addresses (host:port). Binds default to loopback; the same file works across hosts."""
 
@@ -253,11 +285,34 @@ class RunConfig(_Section):
     learner: LearnerSection = Field(default_factory=LearnerSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     transport: TransportSection = Field(default_factory=TransportSection)
+    placement: PlacementSection = Field(default_factory=PlacementSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Keys that moved to [placement] get an error saying where, not just 'unknown key'."""
+        if isinstance(data, dict):
+            for section, key, new in MOVED_KEYS:
+                if isinstance(data.get(section), dict) and key in data[section]:
+                    raise ValueError(f"{section}.{key} moved to {new}")
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "RunConfig":
         lr, t = self.learner, self.transport
+        if lr.world_size % lr.nnodes:
+            raise ValueError(f"learner.world_size={lr.world_size} is not a multiple of learner.nnodes={lr.nnodes}")
+        if lr.nnodes > 1 and lr.rdzv_endpoint is None:
+            raise ValueError(f"learner.nnodes={lr.nnodes} needs learner.rdzv_endpoint (host:port of node 0)")
+        if lr.rdzv_endpoint is not None:
+            parse_address(lr.rdzv_endpoint)
+        p = self.placement
+        for key, entries, count in (("generators", p.generators, self.rollout.num_generators),
+                                    ("reward", p.reward, self.reward.num_workers)):
+            if entries is not None and len(entries) != count:
+                raise ValueError(f"placement.{key} has {len(entries)} entr(ies) but {count} "
+                                 f"{'generator(s)' if key == 'generators' else 'reward worker(s)'} are configured")
         if lr.max_staleness < lr.sync_every - 1:
             raise ValueError(
                 f"learner.max_staleness={lr.max_staleness} is impossible with learner.sync_every="
@@ -276,6 +331,11 @@ class RunConfig(_Section):
         if self.rollout.n < 2 and a.advantage in ("grpo", "rloo", "reinforce_pp_baseline"):
             raise ValueError(f"rollout.n must be >= 2: algorithm.advantage={a.advantage} needs a group")
         return self
+
+
+MOVED_KEYS = [("rollout", "cpu_bind", "placement.generators (one entry per generator)"),
+             ("rollout", "omp_threads", "placement.generator_threads"),
+             ("learner", "num_threads", "placement.learner_threads")]
 
 
 def parse_address(addr: str) -> tuple[str, int]:

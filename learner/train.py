@@ -372,8 +372,6 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def main(cfg: RunConfig) -> None:
     """Entry point of ``asyncrl learner CONFIG`` (each rank's, under torchrun)."""
-    if cfg.learner.num_threads:
-        torch.set_num_threads(cfg.learner.num_threads)
     init_distributed()
     if dist.get_world_size() != cfg.learner.world_size:
         raise RuntimeError(f"learner.world_size={cfg.learner.world_size} but this process group has "
