@@ -7,9 +7,10 @@ Generator → learner (DEALER → ROUTER on ``transport.dispatch``):
   heartbeat {generator, version}          still alive (every rollout.heartbeat_s)
 Learner → generator:
   prompts {items: [PromptItem...]}        prompts to generate (see PROMPT_ITEM_FIELDS)
-  sync    {version, tensors, bucket_bytes, epoch, members}
-                                          weights follow on the sync group of ``epoch``,
-                                          whose rank r+1 is the generator named members[r]
+  sync    {version, tensors, bucket_bytes, epoch, members, tp}
+                                          weights follow on the sync group of ``epoch``:
+                                          rank 0 the learner, then each member's ``tp`` vLLM
+                                          workers in member order (weight_sync.group_layout)
   rejoin  {}                              you were declared dead: say hello again
   ack     {}                              answer to a heartbeat: the learner is alive
   stop    {}                              shut down cleanly
@@ -28,7 +29,8 @@ MESSAGE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "synced": {"generator": (int,), "version": (int,), "seconds": (float, int)},
     "heartbeat": {"generator": (int,), "version": (int,)},
     "prompts": {"items": (list,)},
-    "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,), "epoch": (int,), "members": (list,)},
+    "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,), "epoch": (int,), "members": (list,),
+             "tp": (int,)},
     "rejoin": {},
     "ack": {},
     "stop": {},

@@ -211,16 +211,29 @@ def _compact(ids: list[str]) -> str:
     return ",".join(out)
 
 
+CPU_KEYS = ("VLLM_CPU_OMP_THREADS_BIND", AFFINITY, THREADS)  # set from the plan, never inherited
+
+
+def child_env(plan: Plan, name: str, base: dict[str, str]) -> dict[str, str]:
+    """The environment ``asyncrl up`` gives process ``name``: ``base`` without placement keys it may
+    have inherited, plus this process's part of the plan (marked as applied)."""
+    env = {k: v for k, v in base.items() if k not in CPU_KEYS}
+    return {**env, **plan.env.get(name, {}), APPLIED: "1"}
+
+
 def apply_placement(cfg: RunConfig, role: str, index: int = 0) -> None:
     """At a process's start, before torch or vLLM touch a device: set its placement env and affinity.
 
-    Under ``asyncrl up`` (which computed the plan once and passed the env) the env is already
-    there; a process started by hand computes its own part of the plan.
+    Under ``asyncrl up`` (which computed the plan once and passed :func:`child_env`) the env is
+    already there; a process started by hand, or a test building an engine in-process, computes its
+    own part of the plan each time.
     """
-    if not os.environ.get(APPLIED):
+    if os.environ.get(APPLIED) != "1":
         name = role if role == "learner" else f"{role}-{index}"
-        os.environ.update(make_plan(cfg).env.get(name, {}))
-        os.environ[APPLIED] = "1"
+        env = make_plan(cfg).env.get(name, {})
+        for key in CPU_KEYS:
+            os.environ.pop(key, None)
+        os.environ.update(env)
     cores = os.environ.get(AFFINITY)
     if cores:
         os.sched_setaffinity(0, [int(c) for part in parse_ids(cores, AFFINITY) for c in part])

@@ -74,7 +74,10 @@ class SyncGroup:
         prefixed = dist.PrefixStore(f"asyncrl_weight_sync/{epoch}", self.store)
         try:
             if backend == "gloo":
-                self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+                opts = dist.ProcessGroupGloo._Options()
+                opts._timeout = timeout
+                opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(host, port))]
+                self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, opts)
             elif backend == "nccl":
                 self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size)
             else:
@@ -169,6 +172,31 @@ class SyncGroup:
 
     def broadcast(self, tensor: torch.Tensor, what: str = "broadcast") -> None:
         self.wait(self.broadcast_async(tensor), what)
+
+
+def local_address(host: str, port: int) -> str:
+    """This host's address on the route to ``host``: the interface gloo must listen on so peers on
+    other hosts can reach it (its default, the hostname's address, can be loopback or an interface
+    the peers cannot reach, e.g. inside network namespaces)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # UDP connect sends nothing
+        try:
+            s.connect((host, port))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def group_layout(members: list[str], tp_size: int) -> tuple[list[str], dict[str, int]]:
+    """Rank names of a sync group and each generator's first rank: rank 0 is the learner, then
+    every generator's ``tp_size`` vLLM workers in member order (worker t of a generator whose
+    first rank is b has rank b + t)."""
+    names, first = ["learner"], {}
+    for m in members:
+        first[m] = len(names)
+        names += [m if tp_size == 1 else f"{m}/tp{t}" for t in range(tp_size)]
+    return names, first
 
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:

@@ -24,7 +24,7 @@ from asyncrl import messages
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.hardware import resolve_dtype
 from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, broadcast_packed, connect_store, default_backend,
-                                 pack_state, tensor_metas)
+                                 group_layout, pack_state, tensor_metas)
 from learner.io import LearnerIO
 
 log = logging.getLogger("learner.sync")
@@ -101,15 +101,16 @@ class WeightSyncer:
         if regroup:
             self._drop_group()
             self.epoch += 1
-        msg = messages.encode("sync", **payload, epoch=self.epoch, members=[n.decode() for n in names])
+        tp = self.cfg.rollout.tensor_parallel_size
+        ranks, _ = group_layout([n.decode() for n in names], tp)
+        msg = messages.encode("sync", **payload, epoch=self.epoch, members=[n.decode() for n in names], tp=tp)
         self.io.send_to(names, msg)
         if regroup:
             lr = self.cfg.learner
-            log.info("forming weight-sync group epoch %d with %d generator(s): %s", self.epoch, len(names),
-                     ", ".join(n.decode() for n in names))
-            self.group = SyncGroup(self.host, self.port, 0, len(names) + 1, timeout_s=lr.sync_timeout_s,
-                                   backend=self.backend, epoch=self.epoch, store=self.store,
-                                   names=["learner"] + [n.decode() for n in names],
+            log.info("forming weight-sync group epoch %d with %d generator(s) x %d TP worker(s): %s", self.epoch,
+                     len(names), tp, ", ".join(n.decode() for n in names))
+            self.group = SyncGroup(self.host, self.port, 0, len(ranks), timeout_s=lr.sync_timeout_s,
+                                   backend=self.backend, epoch=self.epoch, store=self.store, names=ranks,
                                    join_timeout_s=lr.generator_timeout_s,
                                    cancelled=lambda: self.io.membership() != members)
             self.members = dict(members)

@@ -24,8 +24,16 @@ class WeightSyncExtension:
 
     def asyncrl_init_sync(self, host: str, port: int, rank: int, world_size: int,
                           timeout_s: float, backend: str, epoch: int = 0) -> bool:
-        """Join the learner's weight-sync group of this membership epoch (dropping an older one)."""
+        """Join the learner's weight-sync group of this membership epoch (dropping an older one).
+
+        ``rank`` is the generator's first rank; its tensor-parallel worker t joins as ``rank + t``
+        and receives every bucket whole: vLLM's own weight loaders keep this worker's shard.
+        """
+        from vllm.distributed import get_tensor_model_parallel_rank
+
         from asyncrl.weight_sync import SyncGroup, connect_store
+
+        rank += get_tensor_model_parallel_rank()
 
         old = getattr(self, "_asyncrl_group", None)
         if old is not None:
@@ -39,7 +47,7 @@ class WeightSyncExtension:
                                         backend=backend, epoch=epoch, store=store)
         return True
 
-    def asyncrl_receive_weights(self, metas: list[Any], bucket_bytes: int) -> float:
+    def asyncrl_receive_weights(self, metas: list[Any], bucket_bytes: int, apply: str = "auto") -> float:
         """Receive one full broadcast and apply it; return seconds spent.
 
         Weights land in persistent bucket buffers (no fresh allocation per sync) and are copied
@@ -53,7 +61,7 @@ class WeightSyncExtension:
         device = getattr(self.model_runner, "device", "cpu")
         buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
         timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers))
-        plan = self._asyncrl_plan()
+        plan = self._asyncrl_plan(apply)
         try:
             if plan.reason is None:
                 from rollout.inplace import apply_inplace
@@ -78,14 +86,25 @@ class WeightSyncExtension:
         """Path and timing of the last applied sync (for tests and benchmarks)."""
         return dict(getattr(self, "_asyncrl_last", {}))
 
-    def _asyncrl_plan(self) -> Any:
-        """Decide once (the model's layout does not change) which apply path is correct; log it."""
+    def _asyncrl_plan(self, apply: str) -> Any:
+        """Decide once (the model's layout does not change) which apply path is correct; log it.
+
+        ``apply`` is ``rollout.weight_apply``: ``reload`` forces vLLM's reload_weights; ``inplace``
+        insists on the fast path and fails loudly (before touching a weight) where the layout check
+        says it would be wrong; ``auto`` takes the fast path where the check passes.
+        """
         plan = getattr(self, "_asyncrl_plan_cached", None)
         if plan is None:
-            from rollout.inplace import inspect_model
+            from rollout.inplace import InplacePlan, inspect_model
 
             model_config = getattr(self.model_runner, "model_config", None)
-            plan = inspect_model(self.model_runner.get_model(), getattr(model_config, "quantization", None))
+            if apply == "reload":
+                plan = InplacePlan("forced by rollout.weight_apply = 'reload'")
+            else:
+                plan = inspect_model(self.model_runner.get_model(), getattr(model_config, "quantization", None))
+            if apply == "inplace" and plan.reason is not None:
+                raise RuntimeError(f"rollout.weight_apply = 'inplace' but an in-place copy would be wrong for "
+                                   f"this model here: {plan.reason} (use 'auto' or 'reload')")
             self._asyncrl_plan_cached = plan
             if plan.reason is None:
                 log.info("weight sync: in-place copy into live parameters (%d layer(s) re-packed after it)",

