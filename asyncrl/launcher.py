@@ -39,21 +39,54 @@ class Child:
     tail: list[str] = field(default_factory=list)
     restarts: int = 0
     restart_at: float | None = None  # monotonic time of a scheduled restart
+    env: dict[str, str] | None = None  # its placement (asyncrl.placement), None: none applied
 
 
 def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> list[Child]:
-    base = [sys.executable, "-m", "cli.main"]
-    sets = [a for ov in overrides for a in ("--set", ov)]
-    children = [Child(f"reward-{i}", base + ["reward", str(config_path), "--index", str(i)] + sets)
-                for i in range(cfg.reward.num_workers)]
-    learner = base
-    if cfg.learner.world_size > 1:  # torchrun sets RANK/WORLD_SIZE/MASTER_* for each rank
-        learner = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", str(cfg.learner.world_size), "-m", "cli.main"]
-    children.append(Child("learner", learner + ["learner", str(config_path)] + sets))
-    children += [Child(f"rollout-{i}", base + ["rollout", str(config_path), "--index", str(i)] + sets)
-                 for i in range(cfg.rollout.num_generators)]
-    return children
+    """The processes of :func:`asyncrl.procplan.processes` (the learner starts torchrun itself)."""
+    from asyncrl.procplan import processes
+
+    return [Child(p.name, p.argv, env=p.env) for p in processes(cfg, config_path, overrides)]
+
+
+def run_torchrun(cfg: RunConfig, config_path: Path, overrides: list[str], node_rank: int) -> int:
+    """``asyncrl learner`` with several ranks: run torchrun for this node's ranks; return its exit code.
+
+    A node other than 0 first waits (``learner.rendezvous_timeout_s``) for node 0's rendezvous
+    endpoint to answer, so an unreachable node 0 is named instead of torchrun's traceback.
+    """
+    from asyncrl.config import parse_address
+    from asyncrl.placement import child_env, make_plan
+    from asyncrl.procplan import torchrun_argv
+
+    lr = cfg.learner
+    argv = torchrun_argv(cfg, config_path, overrides, node_rank)
+    if node_rank > 0:
+        _await_endpoint(*parse_address(str(lr.rdzv_endpoint)), lr.rendezvous_timeout_s)
+    env = child_env(make_plan(cfg).env.get("learner", {}), dict(os.environ))
+    log.info("learner node %d of %d: starting %d rank(s) under torchrun", node_rank, lr.nnodes,
+             lr.world_size // lr.nnodes)
+    code = subprocess.run(argv, env=env).returncode
+    if code and lr.nnodes > 1:
+        log.error("learner node %d: torchrun exited with code %d (rendezvous %s, %d node(s) expected within "
+                  "learner.rendezvous_timeout_s=%.0fs: was every node started with its --node-rank?)", node_rank,
+                  code, lr.rdzv_endpoint, lr.nnodes, lr.rendezvous_timeout_s)
+    return code
+
+
+def _await_endpoint(host: str, port: int, timeout_s: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"learner node 0's rendezvous endpoint {host}:{port} did not answer within "
+                                   f"{timeout_s:.0f}s (learner.rendezvous_timeout_s): {e}") from None
+            time.sleep(0.5)
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -70,6 +103,11 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
     require_model_dir(cfg.model.path, "model.path")
+    from asyncrl.placement import make_plan
+    from asyncrl.procplan import check_model_fits
+
+    check_model_fits(cfg)
+    make_plan(cfg)  # PlacementError: more devices than visible, unintended overlap
     _check_transport(cfg)
     if cfg.run.resume:
         from asyncrl.errors import CheckpointError
@@ -185,6 +223,10 @@ LEARNER_DIED = -1
 
 def _spawn(c: Child, log_dir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if c.env is not None:
+        from asyncrl.placement import child_env
+
+        env = child_env(c.env, env)
     c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True, cwd=os.getcwd())
     threading.Thread(target=_forward, args=(c, log_dir), daemon=True).start()

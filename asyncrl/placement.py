@@ -214,11 +214,11 @@ def _compact(ids: list[str]) -> str:
 CPU_KEYS = ("VLLM_CPU_OMP_THREADS_BIND", AFFINITY, THREADS)  # set from the plan, never inherited
 
 
-def child_env(plan: Plan, name: str, base: dict[str, str]) -> dict[str, str]:
-    """The environment ``asyncrl up`` gives process ``name``: ``base`` without placement keys it may
-    have inherited, plus this process's part of the plan (marked as applied)."""
+def child_env(placed: dict[str, str], base: dict[str, str]) -> dict[str, str]:
+    """The environment ``asyncrl up`` gives a process: ``base`` without placement keys it may have
+    inherited, plus ``placed`` (its part of :class:`Plan` ``.env``), marked as applied."""
     env = {k: v for k, v in base.items() if k not in CPU_KEYS}
-    return {**env, **plan.env.get(name, {}), APPLIED: "1"}
+    return {**env, **placed, APPLIED: "1"}
 
 
 def apply_placement(cfg: RunConfig, role: str, index: int = 0) -> None:

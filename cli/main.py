@@ -16,10 +16,11 @@ app = typer.Typer(help="asyncrl: asynchronous RL post-training for LLMs (vLLM ge
                        "workers and an FSDP2 learner as separate processes).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-try:  # sub-apps (data preparation, model tools)
-    from cli import data as _data, model as _model
+try:  # sub-apps (data preparation, model tools, cluster deployment)
+    from cli import data as _data, deploy as _deploy, model as _model
     app.add_typer(_data.app, name="data", help="Prepare datasets (veRL parquet schema).")
     app.add_typer(_model.app, name="model", help="Create or import model directories.")
+    app.add_typer(_deploy.app, name="deploy", help="Render a run for Slurm (sbatch script) or Kubernetes.")
 except ImportError:  # pragma: no cover - only while a sub-app is missing
     pass
 
@@ -47,10 +48,11 @@ def _run(role: str, fn: Callable[[], object]) -> None:
     from asyncrl.data.schema import DataError
     from asyncrl.curve import CurveError
     from asyncrl.errors import CheckpointError
+    from asyncrl.placement import PlacementError
 
     try:
         fn()
-    except (ConfigError, DataError, CheckpointError, CurveError) as e:
+    except (ConfigError, DataError, CheckpointError, CurveError, PlacementError) as e:
         typer.echo(f"asyncrl {role}: {e}", err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
@@ -73,6 +75,8 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Validate, then print every process with its "
+                                    "command line, devices and addresses; start nothing."),
        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Validate CONFIG once, then start all generators, reward workers and the learner as processes."""
     def go() -> None:
@@ -80,6 +84,10 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
         _setup_logging("up", cfg)
         from asyncrl.launcher import check_inputs, run_up
         check_inputs(cfg)
+        if dry_run:
+            from asyncrl.procplan import describe_plan
+            typer.echo(describe_plan(cfg, config, overrides))
+            return
         code = run_up(cfg, config, overrides)
         if code:
             raise typer.Exit(code)
@@ -89,11 +97,23 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
 @app.command()
 def learner(config: Path = typer.Argument(..., help="Run config (TOML)."),
             resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+            node_rank: int = typer.Option(0, "--node-rank", help="This host's learner node (0..learner.nnodes-1); "
+                                          "node 0 runs rank 0, which talks to generators and reward workers."),
             set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
-    """Run the learner alone (binds the dispatch and trajectory sockets, hosts the weight-sync group)."""
+    """Run the learner (binds the dispatch and trajectory sockets, hosts the weight-sync group). With
+    learner.world_size > 1 this starts torchrun for this node's ranks."""
     def go() -> None:
-        cfg, _ = _load(config, set_, resume=resume)
+        cfg, overrides = _load(config, set_, resume=resume)
         _setup_logging("learner", cfg)
+        import os
+        if cfg.learner.world_size > 1 and "RANK" not in os.environ:
+            from asyncrl.launcher import run_torchrun
+            code = run_torchrun(cfg, config, overrides, node_rank)
+            if code:
+                raise typer.Exit(code)
+            return
+        from asyncrl.placement import apply_placement
+        apply_placement(cfg, "learner")
         from learner.train import main
         main(cfg)
     _run("learner", go)
@@ -107,6 +127,8 @@ def rollout(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, _ = _load(config, set_)
         _setup_logging(f"rollout-{index}", cfg)
+        from asyncrl.procplan import check_model_fits
+        check_model_fits(cfg)
         from rollout.worker import main
         main(cfg, index)
     _run("rollout", go)
@@ -120,6 +142,8 @@ def reward(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, _ = _load(config, set_)
         _setup_logging(f"reward-{index}", cfg)
+        from asyncrl.placement import apply_placement
+        apply_placement(cfg, "reward", index)
         from reward.worker import main
         main(cfg, index)
     _run("reward", go)
