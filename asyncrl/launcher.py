@@ -56,14 +56,16 @@ def run_torchrun(cfg: RunConfig, config_path: Path, overrides: list[str], node_r
     endpoint to answer, so an unreachable node 0 is named instead of torchrun's traceback.
     """
     from asyncrl.config import parse_address
-    from asyncrl.placement import child_env, make_plan
+    from asyncrl.placement import APPLIED, child_env, make_plan
     from asyncrl.procplan import torchrun_argv
 
     lr = cfg.learner
     argv = torchrun_argv(cfg, config_path, overrides, node_rank)
     if node_rank > 0:
         _await_endpoint(*parse_address(str(lr.rdzv_endpoint)), lr.rendezvous_timeout_s)
-    env = child_env(make_plan(cfg).env.get("learner", {}), dict(os.environ))
+    env = dict(os.environ)  # under `asyncrl up` (or a deploy script) the placement is already applied
+    if env.get(APPLIED) != "1":
+        env = child_env(make_plan(cfg, only="learner").env.get("learner", {}), env)
     log.info("learner node %d of %d: starting %d rank(s) under torchrun", node_rank, lr.nnodes,
              lr.world_size // lr.nnodes)
     code = subprocess.run(argv, env=env).returncode

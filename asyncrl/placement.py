@@ -71,19 +71,22 @@ def visible_cpus() -> list[str]:
     return [str(c) for c in sorted(os.sched_getaffinity(0))]
 
 
-def make_plan(cfg: RunConfig, gpus: list[str] | None = None, cpus: list[str] | None = None) -> Plan:
-    """The placement of every process of ``cfg`` on one host (each learner node gets the learner part)."""
+def make_plan(cfg: RunConfig, gpus: list[str] | None = None, cpus: list[str] | None = None,
+              only: str | None = None) -> Plan:
+    """The placement of every process of ``cfg`` on one host (``asyncrl up``), or with ``only`` of that
+    one process as if it were alone on its host (a process started by hand, e.g. one per host of a
+    multi-host run: an automatic plan then takes the first devices it sees)."""
     p = cfg.placement
     gpus = visible_gpus() if gpus is None else gpus
     kind = p.device if p.device != "auto" else ("cuda" if gpus else "cpu")
     if kind == "cuda":
         if not gpus:
             raise PlacementError("placement.device = 'cuda' but no GPU is visible (CUDA_VISIBLE_DEVICES, driver)")
-        return _gpu_plan(cfg, gpus)
-    return _cpu_plan(cfg, visible_cpus() if cpus is None else cpus)
+        return _gpu_plan(cfg, gpus, only)
+    return _cpu_plan(cfg, visible_cpus() if cpus is None else cpus, only)
 
 
-def _wanted(cfg: RunConfig) -> list[tuple[str, str, int, str | None]]:
+def _wanted(cfg: RunConfig, only: str | None = None) -> list[tuple[str, str, int, str | None]]:
     """(process name, config key, devices it needs, explicit spec or None) for every process."""
     p, tp = cfg.placement, cfg.rollout.tensor_parallel_size
     out = [("learner", "placement.learner", cfg.learner.world_size // cfg.learner.nnodes, p.learner)]
@@ -92,14 +95,14 @@ def _wanted(cfg: RunConfig) -> list[tuple[str, str, int, str | None]]:
     scoring = 1 if cfg.reward.type != "function" else 0
     out += [(f"reward-{j}", f"placement.reward[{j}]", scoring, p.reward[j] if p.reward else None)
             for j in range(cfg.reward.num_workers)]
-    return out
+    return [w for w in out if only is None or w[0] == only]
 
 
-def _gpu_plan(cfg: RunConfig, gpus: list[str]) -> Plan:
+def _gpu_plan(cfg: RunConfig, gpus: list[str], only: str | None) -> Plan:
     plan = Plan("cuda", gpus)
     owner: dict[str, str] = {}
     next_free = 0
-    wanted = _wanted(cfg)
+    wanted = _wanted(cfg, only)
     needed = sum(n for _, _, n, spec in wanted if spec is None)
     explicit = any(spec is not None for *_, spec in wanted)
     if not explicit and needed > len(gpus):
@@ -136,10 +139,11 @@ def _gpu_plan(cfg: RunConfig, gpus: list[str]) -> Plan:
     return plan
 
 
-def _cpu_plan(cfg: RunConfig, cpus: list[str]) -> Plan:
+def _cpu_plan(cfg: RunConfig, cpus: list[str], only: str | None) -> Plan:
     plan = Plan("cpu", cpus)
     p, tp = cfg.placement, cfg.rollout.tensor_parallel_size
-    for name, key, _, spec in _wanted(cfg):
+    generators = 1 if only else cfg.rollout.num_generators  # alone on its host: all cores are its own
+    for name, key, _, spec in _wanted(cfg, only):
         env: dict[str, str] = {}
         parts = parse_ids(spec, key) if spec is not None else None
         if parts is not None:
@@ -148,8 +152,8 @@ def _cpu_plan(cfg: RunConfig, cpus: list[str]) -> Plan:
                 raise PlacementError(f"{key}: CPU {bad[0]} is not available to this process "
                                      f"(allowed: {_compact(cpus)})")
         if name.startswith("rollout-"):
-            index = int(name.split("-")[1])
-            parts = _tp_core_sets(parts, tp, cpus, index, cfg.rollout.num_generators, key)
+            index = 0 if only else int(name.split("-")[1])
+            parts = _tp_core_sets(parts, tp, cpus, index, generators, key)
             if parts is not None:  # None: TP 1 and nothing said, vLLM binds automatically (as before)
                 env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(_compact(part) for part in parts)
             if p.generator_threads:
@@ -226,11 +230,11 @@ def apply_placement(cfg: RunConfig, role: str, index: int = 0) -> None:
 
     Under ``asyncrl up`` (which computed the plan once and passed :func:`child_env`) the env is
     already there; a process started by hand, or a test building an engine in-process, computes its
-    own part of the plan each time.
+    own part of the plan each time (:func:`make_plan` with ``only``).
     """
     if os.environ.get(APPLIED) != "1":
         name = role if role == "learner" else f"{role}-{index}"
-        env = make_plan(cfg).env.get(name, {})
+        env = make_plan(cfg, only=name).env.get(name, {})
         for key in CPU_KEYS:
             os.environ.pop(key, None)
         os.environ.update(env)

@@ -25,8 +25,12 @@ def _data_overrides(model: Path, data: Path) -> list[str]:
 
 
 def test_tiny_cpu_learns(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
+    """The tiny config learns with a tensor-parallel generator: ``--set rollout.tensor_parallel_size=2``
+    alone (the default placement gives its two vLLM workers one core each), every sync resharded
+    into both workers. (TP 1 learns in the algorithm, resume and multi-rank runs.)"""
     run_dir = tmp_path / "run"
-    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir, _data_overrides(tiny_model_dir, arith_dir), max_steps=30)
+    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir,
+                 _data_overrides(tiny_model_dir, arith_dir) + ["rollout.tensor_parallel_size=2"], max_steps=30)
     assert res.returncode == 0, res.stdout[-6000:]
     recs = read_metrics(run_dir)
     steps = [r for r in recs if "reward_mean" in r]
@@ -37,6 +41,7 @@ def test_tiny_cpu_learns(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) 
     # samples generated after a sync carry the new version: the weights reached the generator
     assert steps[-1]["sample_version_max"] >= 20
     assert all(r["weight_sync_s"] > 0 for r in steps)
+    assert "as ranks 1..2 of 3" in res.stdout  # both TP workers joined the weight-sync group
     first = sum(r["reward_mean"] for r in steps[:5]) / 5
     last = sum(r["reward_mean"] for r in steps[-5:]) / 5
     assert last > first + 0.2, f"toy reward did not rise: {first:.3f} -> {last:.3f}"

@@ -151,3 +151,15 @@ def test_dry_run_prints_plan_and_refuses_bad_placement(tiny_model_dir: Path, tmp
                          timeout=120, env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
     assert bad.returncode == 2 and "placement.device = 'cuda' but no GPU is visible" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_process_started_alone_takes_its_own_devices() -> None:
+    """By hand (one process per host), an automatic plan gives that process the first devices it sees."""
+    cfg = _cfg(learner={"world_size": 4, "nnodes": 2, "rdzv_endpoint": "h:1"},
+               rollout={"num_generators": 4, "tensor_parallel_size": 2})
+    assert make_plan(cfg, gpus=["0", "1"], only="rollout-3").env == {"rollout-3": {"CUDA_VISIBLE_DEVICES": "0,1"}}
+    assert make_plan(cfg, gpus=["0", "1"], only="learner").env == {"learner": {"CUDA_VISIBLE_DEVICES": "0,1"}}
+    with pytest.raises(PlacementError):
+        make_plan(cfg, gpus=["0", "1"])  # the whole run does not fit one such host
+    cpu = make_plan(cfg, gpus=[], cpus=["0", "1"], only="rollout-3")
+    assert cpu.env["rollout-3"] == {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
