@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
 
-.PHONY: install test test-all test-fast quickstart bench clean
+.PHONY: install test test-all test-fast quickstart bench gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,29 @@ bench: $(STAMP)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
 	$(VENV)/bin/asyncrl bench all --out runs/bench
+
+# A GPU machine without network, vLLM, pyzmq or pydantic (docs/gpu.md): `make gpu-wheels` here
+# downloads those two (and pydantic's needs) as CPython 3.12 x86-64 wheels into .whl/, the
+# versions .venv has; `make gpu-check` there installs them into a scratch dir (not into its
+# Python), runs the learner and sync-packing checks from the source tree (no package install)
+# within 10 minutes and writes runs/gpu_check/gpu_check.{json,md}.
+GPU_WHEELS := pyzmq==27.3.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0
+GPU_WHEEL_DIR ?= .whl
+GPU_SITE ?= /tmp/asyncrl-site
+GPU_CHECK_OUT ?= runs/gpu_check
+GPU_CHECK_ARGS ?=
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEEL_DIR) $(GPU_WHEELS)
+
+gpu-check:
+	if ls $(GPU_WHEEL_DIR)/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps \
+		--no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(GPU_WHEEL_DIR)/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+		timeout 600 $(PYTHON) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
