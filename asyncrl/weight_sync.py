@@ -7,8 +7,9 @@ learner's FSDP group. A sync is announced by a ``sync`` control message carrying
 ``tensors`` = [[name, dtype, shape], ...] in broadcast order; both sides derive the
 same buckets from it with :func:`plan_buckets`, so only raw tensor bytes cross the
 group: each bucket is one flat tensor in the generators' dtype, filled by a single
-casting copy. The learner packs every bucket before announcing the sync, so generators
-pause only for the broadcast and their in-place reload.
+casting copy. A one-rank learner packs every bucket before announcing the sync, so generators
+pause only for the broadcast and their in-place reload; a K-rank learner streams the same
+buckets as it gathers them (``learner/stream_sync.py``).
 
 Every wait has a timeout and fails with :class:`WeightSyncTimeout` naming the side that
 did not arrive: the ranks missing at the rendezvous, or the bucket a broadcast stalled on.

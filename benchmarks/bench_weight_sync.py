@@ -10,6 +10,13 @@ does nothing else. Also reported: the generators' pause per sync (from their own
     python benchmarks/bench_weight_sync.py                  # SmolLM2-135M (bf16 generator), 12 syncs
     python benchmarks/bench_weight_sync.py --generators 2
     python benchmarks/bench_weight_sync.py --smoke          # tiny model, 4 syncs
+
+``--ranks`` measures the learner side alone for 1 and 2 learner ranks in one run (each through
+``benchmarks/sync_ranks.py``: a torchrun learner and one receiver running the generators'
+receive code, no vLLM): sync seconds and GB/s, rank 0's peak extra RSS, the pre-streaming full
+gather for comparison, and a raw gloo broadcast of the same bytes::
+
+    python benchmarks/bench_weight_sync.py --ranks          # SmolLM2-135M, bf16, 64 MiB buckets
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, SMOLLM2, table, write_results  # noqa: E402
+from benchmarks.common import REPO, SMOLLM2, pick_model, table, write_results  # noqa: E402
 from benchmarks.run_control import port_sets, run_up  # noqa: E402
 
 
@@ -69,6 +76,64 @@ def raw_broadcast_s(nbytes: int, bucket: int, repeats: int) -> float:
     for p in procs:
         p.join()
     return result
+
+
+def cpu_name() -> str:
+    """The CPU model and whether it computes bf16 natively (figures depend on both)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    isa = "AVX512_BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return f"{name}, {isa}, {os.cpu_count()} cores"
+
+
+def _sync_ranks(model: Path, world: int, bucket: int, dtype: str, syncs: int, out: Path, gather: bool) -> dict:
+    """One ``benchmarks/sync_ranks.py`` run: ``world`` learner ranks under torchrun and a receiver."""
+    import socket
+    import subprocess
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = str(REPO / "benchmarks" / "sync_ranks.py")
+    common = ["--port", str(ports[0]), "--out", str(out)]
+    recv = subprocess.Popen([sys.executable, driver, "receive", *common], cwd=REPO, env=env)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
+            str(ports[1]), driver, "learn", str(model), *common, "--syncs", str(syncs), "--bucket-bytes",
+            str(bucket), "--dtype", dtype] + (["--gather"] if gather else [])
+    try:
+        subprocess.run(argv, cwd=REPO, env=env, check=True, timeout=900)
+        recv.wait(60)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    return json.loads((out / "result.json").read_text())
+
+
+def ranks_rows(model: Path, dtype: str, bucket: int, syncs: int, tmp: Path) -> tuple[list[dict], int, float]:
+    """Learner-side sync with 1 and 2 ranks (and 2 ranks gathering the full model, as before
+    streaming), then a raw broadcast of the same bytes; medians over the syncs after the first."""
+    rows, nbytes = [], 0
+    for world, gather, how in ((1, False, "prepacked live parameters"), (2, False, "streamed, 2 bucket buffers"),
+                               (2, True, "full gather onto rank 0 (before)")):
+        print(f"learner with {world} rank(s): {how}", flush=True)
+        res = _sync_ranks(model, world, bucket, dtype, syncs, tmp / f"ranks{world}{'g' if gather else ''}", gather)
+        nbytes = res["bytes_per_sync"]
+        secs = statistics.median(s["seconds"] for s in res["syncs"][1:])
+        rows.append({"learner ranks": world, "sync": how, "seconds": secs, "GB_per_s": nbytes / secs / 1e9,
+                     "rank0_first_sync_extra_MiB": res["syncs"][0]["peak_extra_bytes"] / 2**20,
+                     "rank0_max_over_start_MiB": max(s["peak_over_start_bytes"] for s in res["syncs"]) / 2**20,
+                     "largest_param_MiB_fp32": res["largest_param_bytes_fp32"] / 2**20,
+                     "model_MiB_fp32": res["model_bytes_fp32"] / 2**20})
+    print(f"raw gloo broadcast of {nbytes / 2**20:.1f} MiB", flush=True)
+    raw = raw_broadcast_s(nbytes, bucket, repeats=syncs)
+    for r in rows:
+        r["vs_raw"] = raw / r["seconds"]
+    return rows, nbytes, raw
 
 
 def model_bytes(model: Path, dtype_bytes: int) -> int:
@@ -197,8 +262,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--pieces", action="store_true",
                     help="only time the pieces side by side: generator apply paths, learner packing")
+    ap.add_argument("--ranks", action="store_true",
+                    help="only the learner side, for 1 and 2 learner ranks (sync_ranks.py), vs a raw broadcast")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
+    if args.ranks:
+        main_ranks(args)
+        return
     if args.pieces:
         model, dtype = (SMOLLM2, "bfloat16") if (SMOLLM2 / "config.json").is_file() and not args.smoke else (None, "float32")
         with tempfile.TemporaryDirectory() as tmp:
@@ -257,6 +327,25 @@ def main() -> None:
                f"first sync {split['first_sync_worker_s']:.3f} s")
     write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes, **split,
                                             "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
+
+
+def main_ranks(args: argparse.Namespace) -> None:
+    syncs = 3 if args.smoke else max(3, min(args.syncs, 8))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = pick_model(None, args.smoke, Path(tmp))
+        dtype = "bfloat16"
+        load_before = os.getloadavg()[0]
+        rows, nbytes, raw = ranks_rows(model, dtype, args.bucket_mb << 20, syncs, Path(tmp))
+    cols = ["learner ranks", "sync", "seconds", "GB_per_s", "vs_raw", "rank0_first_sync_extra_MiB",
+            "rank0_max_over_start_MiB"]
+    md = table(rows, cols)
+    md += (f"\n\nCPU: {cpu_name()}; model {model.name}, {nbytes / 2**20:.1f} MiB per sync ({dtype}), "
+           f"bucket {args.bucket_mb} MiB, largest parameter {rows[0]['largest_param_MiB_fp32']:.1f} MiB fp32, "
+           f"model {rows[0]['model_MiB_fp32']:.0f} MiB fp32; median of {syncs - 1} syncs after the first; "
+           f"raw gloo broadcast of the same bytes (2 processes, same run): {raw:.3f} s = {nbytes / raw / 1e9:.2f} GB/s"
+           f"\n\nmachine load (1-min load average, {os.cpu_count()} cores): {load_before:.2f} before, "
+           f"{os.getloadavg()[0]:.2f} after")
+    write_results(args.out, "weight_sync_ranks", {"rows": rows, "raw_s": raw, "bytes": nbytes, "cpu": cpu_name()}, md)
 
 
 if __name__ == "__main__":

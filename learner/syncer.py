@@ -9,7 +9,11 @@ receivers stop waiting at once, and the sync is retried as soon as membership ch
 dead generator restarted and said hello, or it was declared gone after
 ``learner.generator_timeout_s`` without a heartbeat), until ``learner.sync_timeout_s``.
 
-    syncer = WeightSyncer(cfg, io); seconds = syncer.sync(named_tensors, version)
+The bytes come from a :class:`learner.stream_sync.SyncSource`: prepacked with one learner rank,
+streamed bucket by bucket from the FSDP2 shards with K ranks; a retried attempt asks the
+source again (a stream cannot be resent).
+
+    syncer = WeightSyncer(cfg, io); seconds = syncer.sync(sync_source(model, ranks), version)
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import torch
 from asyncrl import messages
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, broadcast_packed, connect_store, default_backend,
-                                 group_layout, pack_state, tensor_metas)
+from asyncrl.weight_sync import SyncGroup, WeightSyncTimeout, connect_store, default_backend, group_layout
 from learner.io import LearnerIO
+from learner.stream_sync import SyncSource
 
 log = logging.getLogger("learner.sync")
 
@@ -43,10 +47,6 @@ class WeightSyncer:
         self.members: Members = {}
         self.epoch = -1
         self.failures = 0  # syncs that had to be retried (a generator died or never joined)
-        # Bucket buffers kept between syncs: packing into fresh ones page-faults the whole model in
-        # every time (0.15 s vs 0.045 s for SmolLM2-135M here). Safe to reuse: broadcast_packed waits
-        # for every bucket before returning, and a retried sync resends the same packed buffers.
-        self.pack_buffers: list[torch.Tensor] = []
 
     @property
     def device(self) -> torch.device:
@@ -56,23 +56,22 @@ class WeightSyncer:
         """Membership changed since the group was formed (someone died, restarted or joined)."""
         return self.io.membership() != self.members
 
-    def sync(self, items: list[tuple[str, torch.Tensor]], version: int) -> float:
-        """Broadcast ``items`` to every live generator; return seconds until all serve ``version``."""
+    def sync(self, source: SyncSource, version: int) -> float:
+        """Broadcast ``source``'s weights to every live generator; return seconds until all serve ``version``."""
         cfg = self.cfg
         t0 = time.perf_counter()
         bucket = cfg.learner.bucket_mb << 20
-        dtype = resolve_dtype(cfg.rollout.dtype)
-        metas = tensor_metas(items, dtype)
-        flats = pack_state(items, dtype, bucket, self.device,  # before generators pause
-                           buffers=self.pack_buffers)
+        metas = source.prepare(resolve_dtype(cfg.rollout.dtype), bucket, self.device)
         payload = {"version": version, "tensors": [list(m) for m in metas], "bucket_bytes": bucket}
         retry = False
         while True:
             members = self._live_members()
+            source.begin()  # before the generators pause (K ranks: the other ranks join the stream)
             try:
-                self._sync_once(members, flats, payload, regroup=retry or members != self.members)
+                self._sync_once(members, source, payload, regroup=retry or members != self.members)
                 return time.perf_counter() - t0
             except (WeightSyncTimeout, TimeoutError) as e:
+                source.abandon()
                 self.failures += 1
                 self._drop_group()
                 if time.perf_counter() - t0 > cfg.learner.sync_timeout_s:
@@ -94,8 +93,7 @@ class WeightSyncer:
         except TimeoutError:
             pass  # nobody changed: retry with the same generators (the failure may have been transient)
 
-    def _sync_once(self, members: Members, flats: list[torch.Tensor], payload: dict[str, Any],
-                   regroup: bool) -> None:
+    def _sync_once(self, members: Members, source: SyncSource, payload: dict[str, Any], regroup: bool) -> None:
         names = sorted(members)
         version = payload["version"]
         if regroup:
@@ -115,7 +113,7 @@ class WeightSyncer:
                                    cancelled=lambda: self.io.membership() != members)
             self.members = dict(members)
         assert self.group is not None
-        broadcast_packed(self.group, flats, version=version)
+        source.send(self.group, version)
         self.io.wait_for(lambda: self._applied(members, version), self.cfg.learner.sync_timeout_s,
                          f"{len(names)} generator(s) to apply weights v{version}")
 

@@ -23,10 +23,11 @@ from learner.critic import load_critic
 from learner.dapo import groups_with_signal
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
-from learner.model import broadcast_items, init_distributed, load_policy, save_hf, sync_state_dict
+from learner.model import init_distributed, load_policy, save_hf
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
+from learner.stream_sync import SyncSource, follow_sync, sync_source
 from learner.syncer import WeightSyncer
 
 log = logging.getLogger("learner")
@@ -106,7 +107,7 @@ class LearnerRank:
                 groups, version = parse_step(payload)
                 self.trainer.step(groups, version)
             elif command == "sync":
-                sync_state_dict(self.model)  # a collective (K > 1 ranks): rank 0 keeps the gathered copy
+                follow_sync(self.model)  # rank 0 streams the gathered parameters bucket by bucket
             elif command == "save":
                 save_hf(self.model, self.tokenizer, Path(payload.decode()))
             elif command == "checkpoint":
@@ -138,6 +139,7 @@ class Learner(LearnerRank):
         self.stale_dropped = 0
         self.groups_filtered = 0
         self.syncer: WeightSyncer | None = None
+        self.weights: SyncSource | None = None  # where the synced bytes come from (keeps its buffers)
         self._sync_failures_before = 0  # sync retries before the checkpoint this run resumed from
         if self.resumed is not None:
             st = self.resumed
@@ -158,6 +160,7 @@ class Learner(LearnerRank):
         cfg = self.cfg
         n = cfg.rollout.num_generators
         self.syncer = WeightSyncer(cfg, self.io)
+        self.weights = sync_source(self.model, self.ranks)
         log.info("waiting for %d generator(s); weight-sync store at %s", n, cfg.transport.weight_sync)
         self.io.wait_for(lambda: True if len(self.io.members) >= n else None,
                          cfg.learner.sync_timeout_s, f"hello from all {n} generator(s)")
@@ -281,9 +284,8 @@ class Learner(LearnerRank):
 
     def sync_weights(self) -> float:
         """Broadcast the full state to every live generator; return seconds until all serve it."""
-        assert self.syncer is not None
-        self.ranks.send("sync")
-        return self.syncer.sync(broadcast_items(self.model, sync_state_dict(self.model)), self.version)
+        assert self.syncer is not None and self.weights is not None
+        return self.syncer.sync(self.weights, self.version)  # K ranks: each attempt sends them "sync"
 
     def _wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
         """``io.wait_for`` that lets a restarted or new generator in while the learner waits: the

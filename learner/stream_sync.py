@@ -1,0 +1,205 @@
+"""Where a weight sync's bucket bytes come from on the learner: prepacked (1 rank) or streamed (K ranks).
+
+:class:`learner.syncer.WeightSyncer` sends whatever a source gives it; both sources send the
+same ``tensors`` metadata and the same bytes in the same buckets (:func:`plan_buckets`), so
+generators cannot tell them apart.
+
+- :class:`PackedSource` (one learner rank): every shard is the whole tensor, so the live
+  parameters are packed into persistent bucket buffers (the whole model in the generators'
+  dtype) *before* the ``sync`` message goes out; the generators pause only for the broadcast.
+- :class:`StreamedSource` (K > 1 ranks): no rank ever holds a full copy of the model. Names and
+  global shapes come from the DTensors without any communication. Per attempt, rank 0 tells
+  the other ranks ``sync`` (they run :func:`follow_sync`), then every rank all-gathers the
+  parameters one at a time in broadcast order; rank 0 casts each into one of two bucket-sized
+  buffers (bucket k into buffer k % 2, after the broadcast of bucket k-2 from that buffer has
+  finished) and starts bucket k's broadcast, so gathering k+1 overlaps broadcasting k. The
+  first two buckets are filled before the generators are told. Rank 0 holds at most two
+  buffers plus one gathered fp32 parameter (a scratch buffer reused for every parameter of an
+  attempt, freed after it); the other ranks one gathered parameter.
+
+A failed attempt (a generator died mid-broadcast) cannot resend: :meth:`StreamedSource.abandon`
+finishes the walk (gathering without sending, so the other ranks leave their collectives) and
+drops the buffers a dead group may still be reading; the retry streams again from a new ``sync``.
+
+    source = sync_source(model, ranks)          # rank 0, once
+    syncer.sync(source, version)                # prepare, then per attempt: begin, send (abandon)
+    follow_sync(model)                          # ranks 1..K-1 on every "sync" command
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Shard
+from transformers import PreTrainedModel
+
+from asyncrl.weight_sync import SyncGroup, TensorMeta, broadcast_packed, dtype_of, pack_state, plan_buckets
+from learner.model import broadcast_items, sync_state_dict
+from learner.ranks import RankChannel
+
+
+class SyncSource(Protocol):
+    def prepare(self, dtype: str, bucket_bytes: int, device: torch.device) -> list[TensorMeta]:
+        """Once per sync, before any attempt: the ``tensors`` metadata in broadcast order."""
+
+    def begin(self) -> None:
+        """Per attempt, before the ``sync`` message goes out to the generators."""
+
+    def send(self, group: SyncGroup, version: int) -> None:
+        """Broadcast every bucket from rank 0 of ``group``; return once all are sent."""
+
+    def abandon(self) -> None:
+        """After a failed attempt: leave every learner rank ready for the next ``begin``."""
+
+
+def sync_source(model: PreTrainedModel, ranks: RankChannel) -> SyncSource:
+    return StreamedSource(model, ranks) if dist.get_world_size() > 1 else PackedSource(model)
+
+
+def sync_params(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    """(name, parameter or buffer, a DTensor under FSDP2) in broadcast order, tied ``lm_head`` skipped.
+    Every learner rank gets the same list: it is the all-gather order."""
+    return broadcast_items(model, dict(model.state_dict()))
+
+
+class Gatherer:
+    """Full tensors from FSDP2 shards, one at a time, into one scratch buffer reused for every
+    parameter of a sync: a fresh tensor per parameter would page-fault the whole fp32 model in
+    on every sync. Each result is only valid until the next :meth:`gather`."""
+
+    def __init__(self) -> None:
+        self.scratch: torch.Tensor | None = None
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The full tensor (a collective over the DTensor's mesh for a shard; ``t`` itself otherwise)."""
+        if not isinstance(t, DTensor):
+            return t.detach()
+        if t.device.type != t.device_mesh.device_type:  # CPU-offloaded shards of an accelerator mesh
+            t = t.to(t.device_mesh.device_type)
+        if t.device_mesh.ndim != 1 or t.placements[0] != Shard(0) or t.dim() == 0:
+            with torch.no_grad():
+                return t.full_tensor()
+        # FSDP2 shards dim 0 like torch.chunk: rank r holds rows [r*c, (r+1)*c) (fewer at the end).
+        # Gather equal padded chunks of c rows; the first dim-0 rows are the full tensor.
+        group, world = t.device_mesh.get_group(), t.device_mesh.size()
+        rows = -(-t.shape[0] // world)
+        chunk = rows * (t.numel() // t.shape[0])
+        local = t.to_local().detach().reshape(-1)
+        padded = local.numel() != chunk  # this rank's chunk is short: send a padded copy
+        out = self._scratch(chunk * (world + padded), t.dtype, t.device)
+        if padded:  # the tail past the shard's rows is never read
+            out[chunk * world:chunk * world + local.numel()].copy_(local)
+            local = out[chunk * world:]
+        dist.all_gather_single(out[:chunk * world], local, group=group)
+        return out[:t.numel()].view(t.shape)
+
+    def _scratch(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        s = self.scratch
+        if s is None or s.numel() < numel or s.dtype != dtype or s.device != device:
+            self.scratch = s = None  # free the old one first
+            self.scratch = s = torch.empty(numel, dtype=dtype, device=device)
+        return s[:numel]
+
+
+def follow_sync(model: PreTrainedModel) -> None:
+    """Ranks 1..K-1: take part in rank 0's gathers of one streamed sync attempt, one parameter at a time."""
+    g = Gatherer()
+    for _, t in sync_params(model):
+        g.gather(t)
+
+
+class PackedSource:
+    """One learner rank: pack views of the live parameters before the generators pause."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        # Kept between syncs: packing into fresh buffers page-faults the whole model in every time
+        # (0.15 s vs 0.045 s for SmolLM2-135M here). A retry resends the same packed buffers.
+        self.buffers: list[torch.Tensor] = []
+        self.flats: list[torch.Tensor] = []
+
+    def prepare(self, dtype: str, bucket_bytes: int, device: torch.device) -> list[TensorMeta]:
+        items = broadcast_items(self.model, sync_state_dict(self.model))
+        self.flats = pack_state(items, dtype, bucket_bytes, device, buffers=self.buffers)
+        return [(name, dtype, list(t.shape)) for name, t in items]
+
+    def begin(self) -> None:
+        pass
+
+    def send(self, group: SyncGroup, version: int) -> None:
+        broadcast_packed(group, self.flats, version=version)
+
+    def abandon(self) -> None:
+        pass
+
+
+class StreamedSource:
+    """K learner ranks: gather bucket by bucket into two buffers, broadcasting while the next gathers."""
+
+    def __init__(self, model: PreTrainedModel, ranks: RankChannel) -> None:
+        self.model, self.ranks = model, ranks
+        self.buffers: list[torch.Tensor] = []  # two, of the largest bucket's size; kept between syncs
+        self.items: list[tuple[str, torch.Tensor]] = []
+        self.buckets: list[list[int]] = []
+        self.filled = 0  # buckets gathered in this attempt (the other ranks gathered as many)
+        self.gatherer = Gatherer()  # per attempt: its scratch (one fp32 parameter) is freed after
+        self.works: list[tuple[dist.Work, str] | None] = [None, None]
+
+    def prepare(self, dtype: str, bucket_bytes: int, device: torch.device) -> list[TensorMeta]:
+        self.items = sync_params(self.model)
+        metas = [(name, dtype, list(t.shape)) for name, t in self.items]  # DTensor: the global shape
+        self.buckets = plan_buckets(metas, bucket_bytes)
+        numel = max(sum(self.items[i][1].numel() for i in b) for b in self.buckets)
+        dt = dtype_of(dtype)
+        if not (len(self.buffers) == 2 and all(b.numel() == numel and b.dtype == dt and b.device == device
+                                                for b in self.buffers)):
+            self.buffers = [torch.empty(numel, dtype=dt, device=device) for _ in range(2)]
+        return metas
+
+    def begin(self) -> None:
+        self.ranks.send("sync")
+        self.filled, self.works, self.gatherer = 0, [None, None], Gatherer()
+        for _ in range(min(2, len(self.buckets))):  # before the generators pause
+            self._fill(None)
+
+    def send(self, group: SyncGroup, version: int) -> None:
+        n = len(self.buckets)
+        for k in range(n):
+            if k == self.filled:
+                self._fill(group)
+            what = f"weight sync v{version} bucket {k + 1}/{n}"
+            self.works[k % 2] = (group.broadcast_async(self._view(k)), what)
+        self.gatherer = Gatherer()
+        for slot in (n % 2, (n + 1) % 2):  # the older broadcast first
+            self._wait(group, slot)
+
+    def abandon(self) -> None:
+        for k in range(self.filled, len(self.buckets)):
+            for i in self.buckets[k]:
+                self.gatherer.gather(self.items[i][1])
+        self.filled, self.gatherer = len(self.buckets), Gatherer()
+        # A dead group may still be reading the buffers: the next attempt packs into new ones.
+        self.buffers = [torch.empty_like(b) for b in self.buffers]
+        self.works = [None, None]
+
+    def _fill(self, group: SyncGroup | None) -> None:
+        """Gather bucket ``filled`` (every rank) and cast it into its buffer once that is free."""
+        k = self.filled
+        if group is not None:
+            self._wait(group, k % 2)  # bucket k-2 went out of this buffer
+        flat, offset = self.buffers[k % 2], 0
+        for i in self.buckets[k]:
+            full = self.gatherer.gather(self.items[i][1]).reshape(-1)
+            flat[offset:offset + full.numel()].copy_(full)
+            offset += full.numel()
+        self.filled += 1
+
+    def _view(self, k: int) -> torch.Tensor:
+        return self.buffers[k % 2][:sum(self.items[i][1].numel() for i in self.buckets[k])]
+
+    def _wait(self, group: SyncGroup, slot: int) -> None:
+        work, self.works[slot] = self.works[slot], None
+        if work is not None:
+            group.wait(*work)
