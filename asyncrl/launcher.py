@@ -79,6 +79,8 @@ def run_torchrun(cfg: RunConfig, config_path: Path, overrides: list[str], node_r
 def _await_endpoint(host: str, port: int, timeout_s: float) -> None:
     import socket
 
+    from asyncrl.errors import PeerMissing
+
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -86,8 +88,8 @@ def _await_endpoint(host: str, port: int, timeout_s: float) -> None:
             return
         except OSError as e:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"learner node 0's rendezvous endpoint {host}:{port} did not answer within "
-                                   f"{timeout_s:.0f}s (learner.rendezvous_timeout_s): {e}") from None
+                raise PeerMissing(f"learner node 0's rendezvous endpoint {host}:{port} did not answer within "
+                                  f"{timeout_s:.0f}s (learner.rendezvous_timeout_s): {e}") from None
             time.sleep(0.5)
 
 

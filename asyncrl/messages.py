@@ -5,12 +5,16 @@ Generator → learner (DEALER → ROUTER on ``transport.dispatch``):
   credit  {generator, version, count}     it can take ``count`` more prompts
   synced  {generator, version, seconds}   it now serves weights ``version``
   heartbeat {generator, version}          still alive (every rollout.heartbeat_s)
+  sync_failed {generator, version, why}   a sync did not apply or verify: it is paused, send again
 Learner → generator:
   prompts {items: [PromptItem...]}        prompts to generate (see PROMPT_ITEM_FIELDS)
-  sync    {version, tensors, bucket_bytes, epoch, members, tp}
+  sync    {version, tensors, bucket_bytes, epoch, members, tp, ns}
                                           weights follow on the sync group of ``epoch``:
                                           rank 0 the learner, then each member's ``tp`` vLLM
-                                          workers in member order (weight_sync.group_layout)
+                                          workers in member order (weight_sync.group_layout);
+                                          its store keys live under the secret namespace ``ns``
+  digests {version, epoch, digests}       SHA-256 of every bucket just broadcast (CURVE runs):
+                                          weights serve only when the received bytes match
   rejoin  {}                              you were declared dead: say hello again
   ack     {}                              answer to a heartbeat: the learner is alive
   stop    {}                              shut down cleanly
@@ -30,7 +34,9 @@ MESSAGE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "heartbeat": {"generator": (int,), "version": (int,)},
     "prompts": {"items": (list,)},
     "sync": {"version": (int,), "tensors": (list,), "bucket_bytes": (int,), "epoch": (int,), "members": (list,),
-             "tp": (int,)},
+             "tp": (int,), "ns": (str,)},
+    "digests": {"version": (int,), "epoch": (int,), "digests": (list,)},
+    "sync_failed": {"generator": (int,), "version": (int,), "why": (str,)},
     "rejoin": {},
     "ack": {},
     "stop": {},

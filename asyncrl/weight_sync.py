@@ -20,16 +20,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from asyncrl.errors import PeerMissing
 
 TensorMeta = tuple[str, str, list[int]]  # name, dtype name, shape
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class WeightSyncTimeout(RuntimeError):
+class WeightSyncTimeout(PeerMissing):
     """A weight-sync rendezvous or broadcast did not complete in time; says who is missing."""
 
 
@@ -62,17 +65,24 @@ class SyncGroup:
     def __init__(self, host: str, port: int, rank: int, world_size: int, *, timeout_s: float,
                  backend: str = "gloo", epoch: int = 0, store: dist.TCPStore | None = None,
                  names: list[str] | None = None, join_timeout_s: float | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+                 cancelled: Callable[[], bool] | None = None, namespace: str = "",
+                 device: torch.device | None = None) -> None:
         timeout = timedelta(seconds=timeout_s)
+        # Every key lives under the run's secret namespace (sent to generators only over the control
+        # channel, CURVE-authenticated when configured): a process that merely reaches the store's
+        # port cannot find this group's keys to abort it, join it or take over a rank.
+        self.keys = f"asyncrl/{namespace}/" if namespace else "asyncrl_"
         self.names = names or [_role(r) for r in range(world_size)]  # rank -> who, for error messages
         self.rank, self.world_size, self.timeout_s, self.epoch = rank, world_size, timeout_s, epoch
         self.where = f"weight-sync group at {host}:{port} (epoch {epoch})"
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        # NCCL: the caller's GPU (a vLLM worker passes its own device; the learner its current one)
+        self.device = torch.device("cpu") if backend != "nccl" else \
+            device if device is not None and device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
         self.store = store if store is not None else connect_store(
             host, port, is_master=rank == 0, timeout_s=timeout_s, who=self.names[rank])
-        self.store.set(f"asyncrl_joined/{epoch}/{rank}", "1")
+        self.store.set(f"{self.keys}joined/{epoch}/{rank}", "1")
         self._await_peers(join_timeout_s or timeout_s, cancelled)
-        prefixed = dist.PrefixStore(f"asyncrl_weight_sync/{epoch}", self.store)
+        prefixed = dist.PrefixStore(f"{self.keys}weight_sync/{epoch}", self.store)
         try:
             if backend == "gloo":
                 opts = dist.ProcessGroupGloo._Options()
@@ -80,7 +90,11 @@ class SyncGroup:
                 opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(host, port))]
                 self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, opts)
             elif backend == "nccl":
-                self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size)
+                # NCCL's own watchdog (default 10 min, which kills the process) must outlast our
+                # timeouts, so a stalled peer is reported by name (as vllm/platforms/cuda.py does)
+                opts = dist.ProcessGroupNCCL.Options()
+                opts._timeout = timeout + timedelta(seconds=60)
+                self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)
             else:
                 raise ValueError(f"unknown weight-sync backend {backend!r}")
         except (RuntimeError, dist.DistError) as e:
@@ -90,7 +104,7 @@ class SyncGroup:
     def _await_peers(self, timeout_s: float, cancelled: Callable[[], bool] | None) -> None:
         """Wait until every rank has registered, so a dead peer costs ``timeout_s``, not the op timeout."""
         deadline = time.monotonic() + timeout_s
-        keys = [f"asyncrl_joined/{self.epoch}/{r}" for r in range(self.world_size)]
+        keys = [f"{self.keys}joined/{self.epoch}/{r}" for r in range(self.world_size)]
         while True:
             if self._check(keys):
                 return
@@ -111,12 +125,12 @@ class SyncGroup:
             raise WeightSyncTimeout(f"{self.where}: the learner's store is unreachable ({e})") from None
 
     def _aborted(self) -> bool:
-        return self.rank != 0 and self._check([f"asyncrl_abort/{self.epoch}"])
+        return self.rank != 0 and self._check([f"{self.keys}abort/{self.epoch}"])
 
     def abandon(self) -> None:
         """Rank 0: give up on this group (a peer died); peers waiting in it fail at once."""
         try:
-            self.store.set(f"asyncrl_abort/{self.epoch}", "1")
+            self.store.set(f"{self.keys}abort/{self.epoch}", "1")
         except Exception:  # noqa: BLE001 - nothing to tell if the store is gone
             pass
         self.close()
@@ -131,7 +145,7 @@ class SyncGroup:
         missing = []
         for r in range(self.world_size):
             try:
-                if not self.store.check([f"asyncrl_joined/{self.epoch}/{r}"]):
+                if not self.store.check([f"{self.keys}joined/{self.epoch}/{r}"]):
                     missing.append(self.names[r])
             except Exception:  # noqa: BLE001 - the store itself is gone: the learner is
                 return "the learner (its store is unreachable)"
@@ -198,6 +212,39 @@ def group_layout(members: list[str], tp_size: int) -> tuple[list[str], dict[str,
         first[m] = len(names)
         names += [m if tp_size == 1 else f"{m}/tp{t}" for t in range(tp_size)]
     return names, first
+
+
+def bucket_digest(flat: torch.Tensor) -> str:
+    """SHA-256 of a bucket's bytes (hashlib releases the GIL, so it overlaps gloo's transfer threads).
+
+    Sent over the authenticated control channel and checked by every receiver before the weights
+    serve: a receiver that got other bytes (a foreign sender on the unauthenticated group) rejects them.
+    """
+    import hashlib
+
+    data = flat.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    return hashlib.sha256(memoryview(data.contiguous().view(torch.uint8).numpy())).hexdigest()
+
+
+class DigestingGroup:
+    """Rank 0's view of a :class:`SyncGroup` that records the :func:`bucket_digest` of every tensor it
+    broadcasts (hashed while gloo sends it: the buffer is not reused before its broadcast is waited on)."""
+
+    def __init__(self, group: SyncGroup) -> None:
+        self.group, self.digests = group, []
+
+    def broadcast_async(self, tensor: torch.Tensor) -> dist.Work:
+        work = self.group.broadcast_async(tensor)
+        self.digests.append(bucket_digest(tensor))
+        return work
+
+    def broadcast(self, tensor: torch.Tensor, what: str = "broadcast") -> None:
+        self.group.wait(self.broadcast_async(tensor), what)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
 
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
@@ -285,25 +332,45 @@ def send_state(group: SyncGroup, named: list[tuple[str, torch.Tensor]], dtype: s
 
 def receive_state(group: SyncGroup, metas: list[TensorMeta], bucket_bytes: int,
                   device: str | torch.device = "cpu",
-                  buffers: list[torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+                  buffers: list[torch.Tensor] | None = None,
+                  digests: list[str] | None = None, ring: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Receive the buckets of :func:`send_state`; yield (name, tensor) as each bucket lands.
+
+    ``digests``: when given, the :func:`bucket_digest` of each bucket is appended as it lands (the
+    caller compares them with the learner's before the weights may serve).
 
     ``buffers``: a list the caller keeps between syncs; bucket k lands in ``buffers[k]`` when
     that has the right size/dtype/device (otherwise a new one is made and stored there). This
     saves allocating, and page-faulting in, ~``bucket_bytes`` per bucket on every sync. The
     yielded tensors are views of the buffers: only valid until the next sync that reuses them.
+
+    ``ring``: with R > 0 only R bucket buffers exist (a GPU then holds R buckets, not a second copy
+    of the model); bucket k+R is received into bucket k's buffer once the caller has asked for the
+    tensor after bucket k's last one. Only for callers that are done with a tensor when they ask for
+    the next (an in-place copy); vLLM's layer-wise reload keeps tensors until a layer completes.
     """
     buckets = plan_buckets(metas, bucket_bytes)
-    flats, sizes = [], []
+    sizes = [[_numel(metas[i][2]) for i in bucket] for bucket in buckets]
+    dev = torch.device(device)
+    slots = min(ring, len(buckets)) if ring > 0 else len(buckets)
+    numel = [max(sum(sz) for sz in sizes[k::slots]) for k in range(slots)] if ring > 0 else [sum(sz) for sz in sizes]
+    flats = [_buffer(buffers, k, numel[k], dtype_of(metas[buckets[k][0]][1]), dev) for k in range(slots)]
+
+    def post(k: int) -> Any:
+        return group.broadcast_async(flats[k % slots][:sum(sizes[k])])
+
+    # Receives are posted ahead (all of them without a ring): gloo/NCCL fill bucket k+1 while the
+    # caller applies k.
+    works = {k: post(k) for k in range(slots)}
     for k, bucket in enumerate(buckets):
-        sizes.append([_numel(metas[i][2]) for i in bucket])
-        flats.append(_buffer(buffers, k, sum(sizes[-1]), dtype_of(metas[bucket[0]][1]), torch.device(device)))
-    # Every receive is posted at once: gloo's threads fill bucket k+1 while the caller applies k.
-    works = [group.broadcast_async(f) for f in flats]
-    for k, bucket in enumerate(buckets):
-        group.wait(works[k], f"weight sync bucket {k + 1}/{len(buckets)}")
-        for i, piece in zip(bucket, torch.split(flats[k], sizes[k])):
+        group.wait(works.pop(k), f"weight sync bucket {k + 1}/{len(buckets)}")
+        flat = flats[k % slots][:sum(sizes[k])]
+        if digests is not None:
+            digests.append(bucket_digest(flat))
+        for i, piece in zip(bucket, torch.split(flat, sizes[k])):
             yield metas[i][0], piece.view(metas[i][2])
+        if k + slots < len(buckets):  # the caller is done with bucket k: reuse its buffer
+            works[k + slots] = post(k + slots)
 
 
 def _buffer(buffers: list[torch.Tensor] | None, k: int, numel: int, dtype: torch.dtype,

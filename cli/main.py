@@ -47,7 +47,7 @@ def _run(role: str, fn: Callable[[], object]) -> None:
     """The one error handler per process: bad input → exit 2, failures → exit 1."""
     from asyncrl.data.schema import DataError
     from asyncrl.curve import CurveError
-    from asyncrl.errors import CheckpointError
+    from asyncrl.errors import CheckpointError, PeerMissing
     from asyncrl.placement import PlacementError
 
     try:
@@ -55,6 +55,9 @@ def _run(role: str, fn: Callable[[], object]) -> None:
     except (ConfigError, DataError, CheckpointError, CurveError, PlacementError) as e:
         typer.echo(f"asyncrl {role}: {e}", err=True)
         raise typer.Exit(2)
+    except PeerMissing as e:  # a bounded wait ran out: the message names who did not come
+        typer.echo(f"asyncrl {role}: {e}", err=True)
+        raise typer.Exit(1)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     except typer.Exit:

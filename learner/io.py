@@ -45,6 +45,7 @@ class LearnerIO(threading.Thread):
         self.buffer = GroupBuffer()
         self.val_results: dict[int, pa.RecordBatch] = {}
         self.synced: dict[bytes, int] = {}
+        self.sync_failed: dict[bytes, tuple[int, str]] = {}  # generator -> (version, why) it reported
         self.members: dict[bytes, int] = {}  # live generators -> incarnation (bumped by each hello)
         self.last_seen: dict[bytes, float] = {}
         self._incarnations: dict[bytes, int] = {}
@@ -170,7 +171,7 @@ class LearnerIO(threading.Thread):
             self.drops.drop("control", str(e))
             return
         kind = msg["type"]
-        if kind not in ("hello", "credit", "synced", "heartbeat"):
+        if kind not in ("hello", "credit", "synced", "heartbeat", "sync_failed"):
             self.drops.drop("control-unexpected", kind)
             return
         if kind == "hello" and gen != generator_identity(msg["generator"], self.cfg.rollout.num_generators):
@@ -182,7 +183,11 @@ class LearnerIO(threading.Thread):
             if kind == "hello":
                 self._hello(gen)
             member = gen in self.members
-            if member and kind != "heartbeat":
+            if member and kind == "sync_failed":
+                self.sync_failed[gen] = (msg["version"], msg["why"])
+                log.warning("%s could not apply weights v%d: %s", gen.decode(errors="replace"), msg["version"],
+                            msg["why"])
+            elif member and kind != "heartbeat":
                 self.dispatcher.update(gen, msg["version"], msg.get("count", 0))
                 if kind == "synced":
                     self.synced[gen] = msg["version"]

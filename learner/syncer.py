@@ -19,6 +19,7 @@ source again (a stream cannot be resent).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -27,7 +28,8 @@ import torch
 from asyncrl import messages
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import SyncGroup, WeightSyncTimeout, connect_store, default_backend, group_layout
+from asyncrl.weight_sync import (DigestingGroup, SyncGroup, WeightSyncTimeout, connect_store, default_backend,
+                                 group_layout)
 from learner.io import LearnerIO
 from learner.stream_sync import SyncSource
 
@@ -47,6 +49,9 @@ class WeightSyncer:
         self.members: Members = {}
         self.epoch = -1
         self.failures = 0  # syncs that had to be retried (a generator died or never joined)
+        # The store is a plain TCPStore anyone reaching its port can write to: this run's group keys
+        # live under a secret only generators learn, over the (CURVE-authenticated) control channel.
+        self.namespace = secrets.token_hex(16)
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +106,8 @@ class WeightSyncer:
             self.epoch += 1
         tp = self.cfg.rollout.tensor_parallel_size
         ranks, _ = group_layout([n.decode() for n in names], tp)
-        msg = messages.encode("sync", **payload, epoch=self.epoch, members=[n.decode() for n in names], tp=tp)
+        msg = messages.encode("sync", **payload, epoch=self.epoch, members=[n.decode() for n in names], tp=tp,
+                              ns=self.namespace)
         self.io.send_to(names, msg)
         if regroup:
             lr = self.cfg.learner
@@ -110,10 +116,16 @@ class WeightSyncer:
             self.group = SyncGroup(self.host, self.port, 0, len(ranks), timeout_s=lr.sync_timeout_s,
                                    backend=self.backend, epoch=self.epoch, store=self.store, names=ranks,
                                    join_timeout_s=lr.generator_timeout_s,
-                                   cancelled=lambda: self.io.membership() != members)
+                                   cancelled=lambda: self.io.membership() != members, namespace=self.namespace)
             self.members = dict(members)
         assert self.group is not None
-        source.send(self.group, version)
+        if self.cfg.transport.curve_dir is None:
+            source.send(self.group, version)
+        else:  # authenticated weights: every bucket's digest follows over the CURVE channel
+            digesting = DigestingGroup(self.group)
+            source.send(digesting, version)
+            self.io.send_to(names, messages.encode("digests", version=version, epoch=self.epoch,
+                                                   digests=digesting.digests))
         self.io.wait_for(lambda: self._applied(members, version), self.cfg.learner.sync_timeout_s,
                          f"{len(names)} generator(s) to apply weights v{version}")
 
@@ -121,6 +133,12 @@ class WeightSyncer:
         """Under the I/O lock: True once every member serves ``version``; raise if one went away."""
         if self.io.membership_locked() != members:
             raise WeightSyncTimeout(f"a generator died or restarted while applying weights v{version}")
+        failed = {g: why for g, (v, why) in self.io.sync_failed.items() if g in members and v == version}
+        if failed:
+            for g in failed:
+                del self.io.sync_failed[g]
+            raise WeightSyncTimeout("; ".join(f"{g.decode(errors='replace')} could not apply weights v{version}: "
+                                              f"{why}" for g, why in failed.items()))
         return True if all(self.io.synced.get(g, -1) >= version for g in members) else None
 
     def _drop_group(self) -> None:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 # A child of vLLM's logger: vLLM configures "vllm" in its worker processes, so these lines
 # reach the engine's log like vLLM's own (a logger named after this module would be silent).
 log = logging.getLogger("vllm.asyncrl.weight_sync")
@@ -23,7 +25,7 @@ class WeightSyncExtension:
     model_runner: Any
 
     def asyncrl_init_sync(self, host: str, port: int, rank: int, world_size: int,
-                          timeout_s: float, backend: str, epoch: int = 0) -> bool:
+                          timeout_s: float, backend: str, epoch: int = 0, namespace: str = "") -> bool:
         """Join the learner's weight-sync group of this membership epoch (dropping an older one).
 
         ``rank`` is the generator's first rank; its tensor-parallel worker t joins as ``rank + t``
@@ -44,11 +46,15 @@ class WeightSyncExtension:
             store = self._asyncrl_store = connect_store(host, port, is_master=False, timeout_s=timeout_s,
                                                         who=f"generator rank {rank}")
         self._asyncrl_group = SyncGroup(host, port, rank, world_size, timeout_s=timeout_s,
-                                        backend=backend, epoch=epoch, store=store)
+                                        backend=backend, epoch=epoch, store=store, namespace=namespace,
+                                        device=getattr(self, "device", None))
         return True
 
-    def asyncrl_receive_weights(self, metas: list[Any], bucket_bytes: int, apply: str = "auto") -> float:
-        """Receive one full broadcast and apply it; return seconds spent.
+    def asyncrl_receive_weights(self, metas: list[Any], bucket_bytes: int, apply: str = "auto",
+                                verify: bool = False) -> dict[str, Any]:
+        """Receive one full broadcast and apply it; return seconds spent and, with ``verify``, the
+        SHA-256 of every bucket received (the generator checks them against the learner's before the
+        engine serves again).
 
         Weights land in persistent bucket buffers (no fresh allocation per sync) and are copied
         straight into the live parameters when :func:`rollout.inplace.inspect_model` says that is
@@ -60,15 +66,22 @@ class WeightSyncExtension:
         metas = [(str(n), str(d), [int(s) for s in shape]) for n, d, shape in metas]
         device = getattr(self.model_runner, "device", "cpu")
         buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
-        timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers))
+        digests: list[str] | None = [] if verify else None
         plan = self._asyncrl_plan(apply)
+        # On a GPU the in-place copy needs only two bucket buffers, not a second copy of the model in
+        # device memory; the layer-wise reload keeps tensors until a layer completes, so not there.
+        ring = 2 if plan.reason is None and torch.device(device).type == "cuda" else 0
+        timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers,
+                                     digests=digests, ring=ring))
         try:
             if plan.reason is None:
                 from rollout.inplace import apply_inplace
 
                 apply_inplace(self.model_runner.get_model(), plan, timed)
             else:
-                self.model_runner.reload_weights(weights_iterator=timed)
+                # the worker's method (not the model runner's): it enters vLLM's config context, which
+                # weight loaders may read (vllm/v1/worker/gpu_worker.py Worker.reload_weights, 0.32.0)
+                self.reload_weights(weights_iterator=timed)
                 self._asyncrl_repack_tied_head()
         except BaseException:
             # Receives of the failed sync may still be pending in gloo and land later: never let
@@ -80,7 +93,7 @@ class WeightSyncExtension:
                               "total_s": total, "receive_s": timed.seconds, "apply_s": total - timed.seconds}
         log.info("weights applied (%s): %.3fs, of which receiving %.3fs", self._asyncrl_last["path"], total,
                  timed.seconds)
-        return total
+        return {"seconds": total, "digests": digests}
 
     def asyncrl_last_sync(self) -> dict[str, Any]:
         """Path and timing of the last applied sync (for tests and benchmarks)."""

@@ -5,9 +5,10 @@ prompt, records behaviour log-probs and the policy version, and pushes each grou
 one Arrow record batch to the reward workers. A ``sync`` message pauses the engine
 (in-flight requests are kept), joins the weight-sync group of the message's epoch if it
 is new (the learner re-forms the group whenever generators die, restart or join), receives
-the new weights inside the vLLM worker, and resumes: generation never restarts the engine.
-A sync that fails midway leaves the engine paused (half-applied weights never serve) until
-the learner's retry succeeds. Heartbeats every ``rollout.heartbeat_s`` tell the learner
+the new weights inside the vLLM worker, and resumes: generation never restarts the engine
+(rollout/weights.py). A sync that fails midway, or whose bytes do not match the learner's
+digests, leaves the engine paused (half-applied weights never serve) until the learner's
+retry succeeds. Heartbeats every ``rollout.heartbeat_s`` tell the learner
 this generator is alive; ``rejoin`` (it was declared gone) makes it start over with a hello.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Callable
 import os
 import signal
 import time
@@ -24,10 +27,10 @@ import zmq
 import zmq.asyncio
 
 from asyncrl import messages, schema
-from asyncrl.config import RunConfig, parse_address
+from asyncrl.config import RunConfig
 from asyncrl.transport import DropCounter, make_socket, tcp
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import default_backend, group_layout
+from rollout.weights import WeightReceiver, WeightsRejected
 from rollout.stats import GeneratorStats
 
 log = logging.getLogger("rollout")
@@ -82,13 +85,13 @@ class Generator:
         self.failure: BaseException | None = None
         self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
         self.identity = f"gen-{index}"
-        self.epoch: int | None = None  # weight-sync group joined, None before the first / after a failure
         self.last_heard = time.monotonic()  # from the learner
-        self.paused = False
+        self.pending: deque[dict[str, Any]] = deque()  # control messages read while a sync waited
 
     async def start(self) -> None:
         cfg = self.cfg
         self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
+        self.weights = WeightReceiver(cfg, self.engine, self.identity, self.index, self._send, self._await_message)
         self.ctx = zmq.asyncio.Context()
         mb = cfg.transport.max_message_mb
         self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
@@ -119,28 +122,34 @@ class Generator:
                     self.index, len(self.tasks))
         for t in list(self.tasks):
             t.cancel()
-        self.epoch = None
+        self.weights.epoch = None
         await self._hello()
 
     async def _send(self, kind: str, **fields: Any) -> None:
         await self.control.send(messages.encode(kind, **fields))
 
+    def _decode(self, data: bytes) -> dict[str, Any] | None:
+        self.last_heard = time.monotonic()
+        try:
+            return messages.decode(data, max_bytes=self.cfg.transport.max_message_mb << 20)
+        except messages.MessageError as e:
+            self.drops.drop("control", str(e))
+            return None
+
     async def run(self) -> None:
-        limit = self.cfg.transport.max_message_mb << 20
         while not self.stopping:
             if self.failure is not None:
                 raise RuntimeError(f"generation failed: {self.failure!r}") from self.failure
             self.stats.maybe_write(self.version)
-            if not await self.control.poll(500):
+            if self.pending:
+                msg = self.pending.popleft()
+            elif not await self.control.poll(500):
                 self._check_learner()
                 continue
-            data = await self.control.recv()
-            self.last_heard = time.monotonic()
-            try:
-                msg = messages.decode(data, max_bytes=limit)
-            except messages.MessageError as e:
-                self.drops.drop("control", str(e))
-                continue
+            else:
+                msg = self._decode(await self.control.recv())
+                if msg is None:
+                    continue
             if msg["type"] == "prompts":
                 for item in msg["items"]:
                     task = asyncio.create_task(self._generate_group(item))
@@ -150,8 +159,8 @@ class Generator:
                 t0 = time.perf_counter()
                 await self._apply_sync(msg)
                 self.stats.paused(time.perf_counter() - t0)
-            elif msg["type"] == "ack":
-                pass
+            elif msg["type"] in ("ack", "digests"):
+                pass  # digests of a sync that already failed here
             elif msg["type"] == "rejoin":
                 await self._rejoin()
             elif msg["type"] == "stop":
@@ -227,45 +236,27 @@ class Generator:
             self.drops.drop("sync", f"sync v{msg['version']} for a group without {self.identity}")
             return
         t0 = time.perf_counter()
-        if not self.paused:
-            await self.engine.pause_generation(mode="keep", clear_cache=False)
-            self.paused = True
-        try:
-            if msg["epoch"] != self.epoch:
-                await self._join(msg)
-            await self.engine.collective_rpc("asyncrl_receive_weights",
-                                             args=(msg["tensors"], msg["bucket_bytes"], self.cfg.rollout.weight_apply))
-            # Preempt running requests so no KV computed by the old weights is reused.
-            await self.engine.reset_prefix_cache(reset_running_requests=True)
-        except Exception as e:  # noqa: BLE001 - a peer died mid-sync: the learner re-forms the group
-            if getattr(self.engine, "errored", False):
-                raise
-            self.epoch = None
-            log.warning("weight sync v%d failed (%s); staying paused until the learner sends the weights "
-                        "again", msg["version"], str(e)[:300])
+        version = await self.weights.apply(msg)
+        if version is None:
             return
-        self.version = msg["version"]
-        await self.engine.resume_generation()
-        self.paused = False
+        self.version = version
         secs = time.perf_counter() - t0
         log.info("weights v%d applied in %.2fs (%d groups done)", self.version, secs, self.groups_done)
         await self._send("synced", generator=self.index, version=self.version, seconds=secs)
 
-    async def _join(self, msg: dict[str, Any]) -> None:
-        cfg = self.cfg
-        host, port = parse_address(cfg.transport.weight_sync)
-        tp = cfg.rollout.tensor_parallel_size
-        if msg["tp"] != tp:
-            raise RuntimeError(f"the learner's sync group gives each generator {msg['tp']} TP worker(s) but this "
-                               f"generator runs rollout.tensor_parallel_size={tp}: start every process from the "
-                               f"same config")
-        names, first = group_layout(msg["members"], tp)
-        log.info("joining weight-sync group epoch %d as ranks %d..%d of %d", msg["epoch"], first[self.identity],
-                 first[self.identity] + tp - 1, len(names))
-        await self.engine.collective_rpc(
-            "asyncrl_init_sync", args=(host, port, first[self.identity], len(names), cfg.learner.sync_timeout_s,
-                                       default_backend(), msg["epoch"]))
-        self.epoch = msg["epoch"]
+    async def _await_message(self, kind: str, match: Callable[[dict], bool], timeout_s: float) -> dict:
+        """Read control messages until one of ``kind`` matches (others wait in ``pending`` for the loop)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.control.poll(int(left * 1000)):
+                raise WeightsRejected(f"no {kind} message from the learner within {timeout_s:.0f}s")
+            msg = self._decode(await self.control.recv())
+            if msg is None:
+                continue
+            if msg["type"] == kind and match(msg):
+                return msg
+            self.pending.append(msg)
 
     async def close(self) -> None:
         self.stats.maybe_write(self.version, force=True)

@@ -163,3 +163,18 @@ def test_process_started_alone_takes_its_own_devices() -> None:
         make_plan(cfg, gpus=["0", "1"])  # the whole run does not fit one such host
     cpu = make_plan(cfg, gpus=[], cpus=["0", "1"], only="rollout-3")
     assert cpu.env["rollout-3"] == {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+
+
+def test_learner_node_without_node_zero_exits_naming_it(tmp_path: Path) -> None:
+    """A rendezvous endpoint nobody answers: a bounded wait, then exit 1 naming it, no traceback."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    res = subprocess.run([sys.executable, "-m", "cli.main", "learner", "configs/tiny_cpu.toml", "--node-rank", "1",
+                          "--set", "learner.world_size=2", "--set", "learner.nnodes=2",
+                          "--set", f"learner.rdzv_endpoint=127.0.0.1:{port}",
+                          "--set", "learner.rendezvous_timeout_s=2"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert f"rendezvous endpoint 127.0.0.1:{port} did not answer within 2s" in res.stderr
+    assert "Traceback" not in res.stderr
