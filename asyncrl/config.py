@@ -251,6 +251,9 @@ class TransportSection(_Section):
     rewards: list[str] = Field(default_factory=lambda: ["127.0.0.1:5560"],
                                description="One address per reward worker (PULL).")
     weight_sync: str = Field("127.0.0.1:5570", description="torch.distributed TCPStore of the sync group.")
+    weight_sync_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Weight broadcast backend: auto is nccl with CUDA, else gloo. Use gloo when the "
+        "learner and a generator share a GPU (placement.allow_overlap): NCCL refuses two ranks on one GPU.")
     bind_host: str | None = Field(None, description="Interface to bind instead of each address's host.")
     max_message_mb: int = Field(256, ge=1, description="Larger incoming messages are rejected.")
     curve_dir: Path | None = Field(None, description="ZeroMQ CURVE keys (`asyncrl keys --out DIR`): encrypt "
@@ -308,6 +311,9 @@ class RunConfig(_Section):
         if lr.rdzv_endpoint is not None:
             parse_address(lr.rdzv_endpoint)
         p = self.placement
+        if p.allow_overlap and t.weight_sync_backend == "nccl":
+            raise ValueError("placement.allow_overlap with transport.weight_sync_backend = 'nccl': NCCL refuses "
+                             "two ranks on one GPU; use 'gloo' (or 'auto', which then picks gloo)")
         for key, entries, count in (("generators", p.generators, self.rollout.num_generators),
                                     ("reward", p.reward, self.reward.num_workers)):
             if entries is not None and len(entries) != count:

@@ -391,6 +391,18 @@ def _buffer(buffers: list[torch.Tensor] | None, k: int, numel: int, dtype: torch
     return flat
 
 
-def default_backend() -> str:
-    """NCCL when CUDA is present, gloo otherwise (learner and generators must agree)."""
+def default_backend(choice: str = "auto") -> str:
+    """The weight-sync backend (learner and generators must agree): ``transport.weight_sync_backend``;
+    auto is NCCL when CUDA is present, gloo otherwise. NCCL refuses two ranks on one GPU ("Duplicate
+    GPU detected"): runs that share GPUs between the learner and generators choose gloo."""
+    if choice != "auto":
+        return choice
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def sync_backend(cfg: Any) -> str:
+    """:func:`default_backend` for a run config: auto picks gloo when roles may share GPUs."""
+    choice = cfg.transport.weight_sync_backend
+    if choice == "auto" and cfg.placement.allow_overlap:
+        return "gloo"
+    return default_backend(choice)

@@ -336,6 +336,7 @@ def main_ranks(args: argparse.Namespace) -> None:
         dtype = "bfloat16"
         load_before = os.getloadavg()[0]
         rows, nbytes, raw = ranks_rows(model, dtype, args.bucket_mb << 20, syncs, Path(tmp))
+    digest_s = digest_seconds(nbytes, args.bucket_mb << 20)
     cols = ["learner ranks", "sync", "seconds", "GB_per_s", "vs_raw", "rank0_first_sync_extra_MiB",
             "rank0_max_over_start_MiB"]
     md = table(rows, cols)
@@ -343,9 +344,29 @@ def main_ranks(args: argparse.Namespace) -> None:
            f"bucket {args.bucket_mb} MiB, largest parameter {rows[0]['largest_param_MiB_fp32']:.1f} MiB fp32, "
            f"model {rows[0]['model_MiB_fp32']:.0f} MiB fp32; median of {syncs - 1} syncs after the first; "
            f"raw gloo broadcast of the same bytes (2 processes, same run): {raw:.3f} s = {nbytes / raw / 1e9:.2f} GB/s"
+           f"\n\nwith transport.curve_dir (authenticated weights): SHA-256 of the same bytes, bucket by bucket, "
+           f"{digest_s:.3f} s = {nbytes / digest_s / 1e9:.2f} GB/s = {digest_s / raw:.2f}x the raw broadcast "
+           f"(the learner hashes bucket k while gloo sends it; each receiver while bucket k+1 arrives)"
            f"\n\nmachine load (1-min load average, {os.cpu_count()} cores): {load_before:.2f} before, "
            f"{os.getloadavg()[0]:.2f} after")
-    write_results(args.out, "weight_sync_ranks", {"rows": rows, "raw_s": raw, "bytes": nbytes, "cpu": cpu_name()}, md)
+    write_results(args.out, "weight_sync_ranks", {"rows": rows, "raw_s": raw, "bytes": nbytes, "cpu": cpu_name(),
+                                                  "digest_s": digest_s}, md)
+
+
+def digest_seconds(nbytes: int, bucket: int) -> float:
+    """Seconds to SHA-256 ``nbytes`` in buckets (asyncrl.weight_sync.bucket_digest), median of 3."""
+    import torch
+
+    from asyncrl.weight_sync import bucket_digest
+
+    flats = [torch.ones(min(bucket, nbytes - off) // 2, dtype=torch.bfloat16) for off in range(0, nbytes, bucket)]
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for f in flats:
+            bucket_digest(f)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

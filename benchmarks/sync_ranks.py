@@ -90,7 +90,7 @@ def learn(args: argparse.Namespace) -> None:
         peaks = []
         while ranks.recv()[0] == "sync":
             rss = reset_peak()
-            full_state_dict(model) if args.gather else follow_sync(model)
+            full_state_dict(model) if args.gather else follow_sync(model, args.dtype)
             peaks.append(peak_since(rss))
         full_state_dict(model) if args.save else None
         (args.out / f"rank{rank}.json").write_text(json.dumps({"peak_extra_bytes": peaks}))

@@ -14,8 +14,8 @@ generators cannot tell them apart.
   buffers (bucket k into buffer k % 2, after the broadcast of bucket k-2 from that buffer has
   finished) and starts bucket k's broadcast, so gathering k+1 overlaps broadcasting k. The
   first two buckets are filled before the generators are told. Rank 0 holds at most two
-  buffers plus one gathered fp32 parameter (a scratch buffer reused for every parameter of an
-  attempt, freed after it); the other ranks one gathered parameter.
+  buffers plus one gathered parameter in the generators' dtype (a scratch buffer reused for
+  every parameter of an attempt, freed after it); the other ranks one gathered parameter.
 
 A failed attempt (a generator died mid-broadcast) cannot resend: :meth:`StreamedSource.abandon`
 finishes the walk (gathering without sending, so the other ranks leave their collectives) and
@@ -23,7 +23,7 @@ drops the buffers a dead group may still be reading; the retry streams again fro
 
     source = sync_source(model, ranks)          # rank 0, once
     syncer.sync(source, version)                # prepare, then per attempt: begin, send (abandon)
-    follow_sync(model)                          # ranks 1..K-1 on every "sync" command
+    follow_sync(model, dtype)                   # ranks 1..K-1 on every "sync" command (dtype: its payload)
 """
 
 from __future__ import annotations
@@ -67,10 +67,15 @@ def sync_params(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
 class Gatherer:
     """Full tensors from FSDP2 shards, one at a time, into one scratch buffer reused for every
     parameter of a sync: a fresh tensor per parameter would page-fault the whole fp32 model in
-    on every sync. Each result is only valid until the next :meth:`gather`."""
+    on every sync. Each result is only valid until the next :meth:`gather`.
 
-    def __init__(self) -> None:
+    ``dtype``: each rank casts its shard to the generators' dtype before the all-gather (the cast is
+    elementwise, so the bytes equal casting the full tensor): half the traffic and scratch of fp32.
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.scratch: torch.Tensor | None = None
+        self.dtype = dtype
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """The full tensor (a collective over the DTensor's mesh for a shard; ``t`` itself otherwise)."""
@@ -78,17 +83,18 @@ class Gatherer:
             return t.detach()
         if t.device.type != t.device_mesh.device_type:  # CPU-offloaded shards of an accelerator mesh
             t = t.to(t.device_mesh.device_type)
+        dtype = self.dtype or t.dtype
         if t.device_mesh.ndim != 1 or t.placements[0] != Shard(0) or t.dim() == 0:
             with torch.no_grad():
-                return t.full_tensor()
+                return t.full_tensor().to(dtype)
         # FSDP2 shards dim 0 like torch.chunk: rank r holds rows [r*c, (r+1)*c) (fewer at the end).
         # Gather equal padded chunks of c rows; the first dim-0 rows are the full tensor.
         group, world = t.device_mesh.get_group(), t.device_mesh.size()
         rows = -(-t.shape[0] // world)
         chunk = rows * (t.numel() // t.shape[0])
-        local = t.to_local().detach().reshape(-1)
+        local = t.to_local().detach().reshape(-1).to(dtype)
         padded = local.numel() != chunk  # this rank's chunk is short: send a padded copy
-        out = self._scratch(chunk * (world + padded), t.dtype, t.device)
+        out = self._scratch(chunk * (world + padded), dtype, t.device)
         if padded:  # the tail past the shard's rows is never read
             out[chunk * world:chunk * world + local.numel()].copy_(local)
             local = out[chunk * world:]
@@ -103,9 +109,10 @@ class Gatherer:
         return s[:numel]
 
 
-def follow_sync(model: PreTrainedModel) -> None:
-    """Ranks 1..K-1: take part in rank 0's gathers of one streamed sync attempt, one parameter at a time."""
-    g = Gatherer()
+def follow_sync(model: PreTrainedModel, dtype: str) -> None:
+    """Ranks 1..K-1: take part in rank 0's gathers of one streamed sync attempt, one parameter at a
+    time, in the generators' ``dtype`` (as rank 0 does)."""
+    g = Gatherer(dtype_of(dtype))
     for _, t in sync_params(model):
         g.gather(t)
 
@@ -144,23 +151,24 @@ class StreamedSource:
         self.items: list[tuple[str, torch.Tensor]] = []
         self.buckets: list[list[int]] = []
         self.filled = 0  # buckets gathered in this attempt (the other ranks gathered as many)
-        self.gatherer = Gatherer()  # per attempt: its scratch (one fp32 parameter) is freed after
+        self.gatherer = Gatherer()  # per attempt: its scratch (one gathered parameter) is freed after
         self.works: list[tuple[dist.Work, str] | None] = [None, None]
+        self.dtype: torch.dtype | None = None  # the generators', set by prepare
 
     def prepare(self, dtype: str, bucket_bytes: int, device: torch.device) -> list[TensorMeta]:
         self.items = sync_params(self.model)
         metas = [(name, dtype, list(t.shape)) for name, t in self.items]  # DTensor: the global shape
         self.buckets = plan_buckets(metas, bucket_bytes)
         numel = max(sum(self.items[i][1].numel() for i in b) for b in self.buckets)
-        dt = dtype_of(dtype)
+        dt = self.dtype = dtype_of(dtype)
         if not (len(self.buffers) == 2 and all(b.numel() == numel and b.dtype == dt and b.device == device
                                                 for b in self.buffers)):
             self.buffers = [torch.empty(numel, dtype=dt, device=device) for _ in range(2)]
         return metas
 
     def begin(self) -> None:
-        self.ranks.send("sync")
-        self.filled, self.works, self.gatherer = 0, [None, None], Gatherer()
+        self.ranks.send("sync", str(self.dtype).removeprefix("torch.").encode())
+        self.filled, self.works, self.gatherer = 0, [None, None], Gatherer(self.dtype)
         for _ in range(min(2, len(self.buckets))):  # before the generators pause
             self._fill(None)
 
@@ -171,7 +179,7 @@ class StreamedSource:
                 self._fill(group)
             what = f"weight sync v{version} bucket {k + 1}/{n}"
             self.works[k % 2] = (group.broadcast_async(self._view(k)), what)
-        self.gatherer = Gatherer()
+        self.gatherer = Gatherer(self.dtype)
         for slot in (n % 2, (n + 1) % 2):  # the older broadcast first
             self._wait(group, slot)
 
@@ -179,7 +187,7 @@ class StreamedSource:
         for k in range(self.filled, len(self.buckets)):
             for i in self.buckets[k]:
                 self.gatherer.gather(self.items[i][1])
-        self.filled, self.gatherer = len(self.buckets), Gatherer()
+        self.filled, self.gatherer = len(self.buckets), Gatherer(self.dtype)
         # A dead group may still be reading the buffers: the next attempt packs into new ones.
         self.buffers = [torch.empty_like(b) for b in self.buffers]
         self.works = [None, None]

@@ -28,7 +28,7 @@ import torch
 from asyncrl import messages
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import (DigestingGroup, SyncGroup, WeightSyncTimeout, connect_store, default_backend,
+from asyncrl.weight_sync import (DigestingGroup, SyncGroup, WeightSyncTimeout, connect_store, sync_backend,
                                  group_layout)
 from learner.io import LearnerIO
 from learner.stream_sync import SyncSource
@@ -42,7 +42,7 @@ class WeightSyncer:
     def __init__(self, cfg: RunConfig, io: LearnerIO) -> None:
         self.cfg, self.io = cfg, io
         self.host, self.port = parse_address(cfg.transport.weight_sync)
-        self.backend = default_backend()
+        self.backend = sync_backend(cfg)
         self.store = connect_store(self.host, self.port, is_master=True, timeout_s=cfg.learner.sync_timeout_s,
                                    who="learner")
         self.group: SyncGroup | None = None

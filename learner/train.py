@@ -107,7 +107,9 @@ class LearnerRank:
                 groups, version = parse_step(payload)
                 self.trainer.step(groups, version)
             elif command == "sync":
-                follow_sync(self.model)  # rank 0 streams the gathered parameters bucket by bucket
+                # rank 0 streams the gathered parameters bucket by bucket, in the generators' dtype
+                # (rank 0 resolves it: learner nodes may have other CPUs than node 0)
+                follow_sync(self.model, payload.decode())
             elif command == "save":
                 save_hf(self.model, self.tokenizer, Path(payload.decode()))
             elif command == "checkpoint":

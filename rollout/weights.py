@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asyncrl.config import RunConfig, parse_address
-from asyncrl.weight_sync import default_backend, group_layout
+from asyncrl.weight_sync import group_layout, sync_backend
 
 log = logging.getLogger("rollout")
 
@@ -98,6 +98,6 @@ class WeightReceiver:
         t0 = time.perf_counter()
         await self.engine.collective_rpc(
             "asyncrl_init_sync", args=(host, port, first[self.identity], len(names), cfg.learner.sync_timeout_s,
-                                       default_backend(), msg["epoch"], msg["ns"]))
+                                       sync_backend(cfg), msg["epoch"], msg["ns"]))
         log.debug("joined in %.2fs", time.perf_counter() - t0)
         self.epoch = msg["epoch"]
