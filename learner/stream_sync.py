@@ -13,9 +13,10 @@ generators cannot tell them apart.
   parameters one at a time in broadcast order; rank 0 casts each into one of two bucket-sized
   buffers (bucket k into buffer k % 2, after the broadcast of bucket k-2 from that buffer has
   finished) and starts bucket k's broadcast, so gathering k+1 overlaps broadcasting k. The
-  first two buckets are filled before the generators are told. Rank 0 holds at most two
-  buffers plus one gathered parameter in the generators' dtype (a scratch buffer reused for
-  every parameter of an attempt, freed after it); the other ranks one gathered parameter.
+  first two buckets are filled before the generators are told. Every rank gathers a parameter
+  a bounded slice of rows at a time (``SLICE_BYTES`` all ranks together), which rank 0 copies
+  straight into the bucket buffer: rank 0 holds two bucket buffers plus ~2 slices; the others
+  ~2 slices.
 
 A failed attempt (a generator died mid-broadcast) cannot resend: :meth:`StreamedSource.abandon`
 finishes the walk (gathering without sending, so the other ranks leave their collectives) and
@@ -64,49 +65,75 @@ def sync_params(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
     return broadcast_items(model, dict(model.state_dict()))
 
 
-class Gatherer:
-    """Full tensors from FSDP2 shards, one at a time, into one scratch buffer reused for every
-    parameter of a sync: a fresh tensor per parameter would page-fault the whole fp32 model in
-    on every sync. Each result is only valid until the next :meth:`gather`.
+SLICE_BYTES = 8 << 20  # rows gathered per collective, all ranks together: the only scratch a sync needs
 
-    ``dtype``: each rank casts its shard to the generators' dtype before the all-gather (the cast is
-    elementwise, so the bytes equal casting the full tensor): half the traffic and scratch of fp32.
+
+class Gatherer:
+    """Gathers FSDP2 shards into a caller's buffer (rank 0: a slice of a bucket buffer), a bounded
+    number of rows at a time: no rank ever holds a whole gathered parameter, let alone the model.
+
+    ``dtype``: each rank casts its rows to the generators' dtype before the all-gather (the cast is
+    elementwise, so the bytes equal casting the full tensor): half the traffic of fp32.
     """
 
-    def __init__(self, dtype: torch.dtype | None = None) -> None:
-        self.scratch: torch.Tensor | None = None
-        self.dtype = dtype
+    def __init__(self, dtype: torch.dtype | None = None, slice_bytes: int = SLICE_BYTES) -> None:
+        self.dtype, self.slice_bytes = dtype, slice_bytes
+        self.send: torch.Tensor | None = None
+        self.recv: torch.Tensor | None = None
 
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """The full tensor (a collective over the DTensor's mesh for a shard; ``t`` itself otherwise)."""
+    def gather_into(self, t: torch.Tensor, out: torch.Tensor | None) -> None:
+        """Write the full tensor, flattened, into ``out`` (None: only take part in the collectives).
+
+        A collective over the DTensor's mesh for a shard, so every rank calls it in the same order.
+        """
+        dtype = self.dtype or t.dtype
         if not isinstance(t, DTensor):
-            return t.detach()
+            if out is not None:
+                out.copy_(t.detach().reshape(-1))
+            return
         if t.device.type != t.device_mesh.device_type:  # CPU-offloaded shards of an accelerator mesh
             t = t.to(t.device_mesh.device_type)
-        dtype = self.dtype or t.dtype
         if t.device_mesh.ndim != 1 or t.placements[0] != Shard(0) or t.dim() == 0:
             with torch.no_grad():
-                return t.full_tensor().to(dtype)
-        # FSDP2 shards dim 0 like torch.chunk: rank r holds rows [r*c, (r+1)*c) (fewer at the end).
-        # Gather equal padded chunks of c rows; the first dim-0 rows are the full tensor.
-        group, world = t.device_mesh.get_group(), t.device_mesh.size()
-        rows = -(-t.shape[0] // world)
-        chunk = rows * (t.numel() // t.shape[0])
-        local = t.to_local().detach().reshape(-1).to(dtype)
-        padded = local.numel() != chunk  # this rank's chunk is short: send a padded copy
-        out = self._scratch(chunk * (world + padded), dtype, t.device)
-        if padded:  # the tail past the shard's rows is never read
-            out[chunk * world:chunk * world + local.numel()].copy_(local)
-            local = out[chunk * world:]
-        dist.all_gather_single(out[:chunk * world], local, group=group)
-        return out[:t.numel()].view(t.shape)
+                full = t.full_tensor()
+            if out is not None:
+                out.copy_(full.reshape(-1))
+            return
+        self._rows(t, out, dtype)
 
-    def _scratch(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        s = self.scratch
-        if s is None or s.numel() < numel or s.dtype != dtype or s.device != device:
-            self.scratch = s = None  # free the old one first
-            self.scratch = s = torch.empty(numel, dtype=dtype, device=device)
-        return s[:numel]
+    def _rows(self, t: DTensor, out: torch.Tensor | None, dtype: torch.dtype) -> None:
+        """FSDP2 shards dim 0 like torch.chunk: rank r holds rows [r*c, (r+1)*c) (fewer at the end).
+        Slice j gathers rows [j0, j1) of every rank's chunk; rank r's part lands at rows r*c + j0."""
+        group, world = t.device_mesh.get_group(), t.device_mesh.size()
+        n0 = t.shape[0]
+        width = t.numel() // n0
+        c = -(-n0 // world)
+        local = t.to_local().detach().reshape(-1, width) if t.to_local().numel() else None
+        have = local.shape[0] if local is not None else 0
+        step = max(1, self.slice_bytes // (world * width * dtype.itemsize))
+        for j0 in range(0, c, step):
+            h = min(step, c - j0)
+            send = self._buf("send", h * width, dtype, t.device).view(h, width)
+            mine = max(0, min(h, have - j0))
+            if mine:
+                send[:mine].copy_(local[j0:j0 + mine])  # the rows past this shard's end are never read
+            recv = self._buf("recv", world * h * width, dtype, t.device)
+            dist.all_gather_single(recv, send.reshape(-1), group=group)
+            if out is None:
+                continue
+            for r in range(world):
+                lo = r * c + j0
+                valid = max(0, min(h, n0 - lo))
+                if valid:
+                    out[lo * width:(lo + valid) * width].copy_(recv[r * h * width:(r * h + valid) * width])
+
+    def _buf(self, which: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        b = getattr(self, which)
+        if b is None or b.numel() < numel or b.dtype != dtype or b.device != device:
+            setattr(self, which, None)  # free the old one first
+            b = torch.empty(numel, dtype=dtype, device=device)
+            setattr(self, which, b)
+        return b[:numel]
 
 
 def follow_sync(model: PreTrainedModel, dtype: str) -> None:
@@ -114,7 +141,7 @@ def follow_sync(model: PreTrainedModel, dtype: str) -> None:
     time, in the generators' ``dtype`` (as rank 0 does)."""
     g = Gatherer(dtype_of(dtype))
     for _, t in sync_params(model):
-        g.gather(t)
+        g.gather_into(t, None)
 
 
 class PackedSource:
@@ -151,7 +178,7 @@ class StreamedSource:
         self.items: list[tuple[str, torch.Tensor]] = []
         self.buckets: list[list[int]] = []
         self.filled = 0  # buckets gathered in this attempt (the other ranks gathered as many)
-        self.gatherer = Gatherer()  # per attempt: its scratch (one gathered parameter) is freed after
+        self.gatherer = Gatherer()  # per attempt: its slice scratch is freed after
         self.works: list[tuple[dist.Work, str] | None] = [None, None]
         self.dtype: torch.dtype | None = None  # the generators', set by prepare
 
@@ -186,7 +213,7 @@ class StreamedSource:
     def abandon(self) -> None:
         for k in range(self.filled, len(self.buckets)):
             for i in self.buckets[k]:
-                self.gatherer.gather(self.items[i][1])
+                self.gatherer.gather_into(self.items[i][1], None)
         self.filled, self.gatherer = len(self.buckets), Gatherer(self.dtype)
         # A dead group may still be reading the buffers: the next attempt packs into new ones.
         self.buffers = [torch.empty_like(b) for b in self.buffers]
@@ -199,9 +226,9 @@ class StreamedSource:
             self._wait(group, k % 2)  # bucket k-2 went out of this buffer
         flat, offset = self.buffers[k % 2], 0
         for i in self.buckets[k]:
-            full = self.gatherer.gather(self.items[i][1]).reshape(-1)
-            flat[offset:offset + full.numel()].copy_(full)
-            offset += full.numel()
+            numel = self.items[i][1].numel()
+            self.gatherer.gather_into(self.items[i][1], flat[offset:offset + numel])
+            offset += numel
         self.filled += 1
 
     def _view(self, k: int) -> torch.Tensor:

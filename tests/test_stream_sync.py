@@ -1,7 +1,7 @@
 """Two FSDP2 learner ranks (gloo, torchrun) stream their weights to a receiver running the
 generators' real receive code (``receive_state``): after a failed attempt is retried, the
 receiver holds exactly the full state dict cast to the generator dtype, in the same buckets as
-one rank would send, and rank 0 never held more than two buckets and a gathered parameter."""
+one rank would send, and rank 0 never held more than two buckets and the gather's slices."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def test_two_ranks_stream_the_full_state_within_two_buckets(tmp_path: Path) -> N
         assert t.dtype == torch.bfloat16 and torch.equal(t, reference[name]), name
 
     result = json.loads((out / "result.json").read_text())
-    budget = 2 * BUCKET + 2 * result["largest_param_bytes_fp32"] + SLACK
+    # two bucket buffers + the gather's send and receive slices (at most the largest parameter in bf16 each)
+    budget = 2 * BUCKET + result["largest_param_bytes_fp32"] + SLACK
     assert budget < result["model_bytes_fp32"] / 2  # a full gather onto rank 0 could not pass
     for sync in result["syncs"]:
         assert sync["peak_over_start_bytes"] <= budget, (sync, budget)
