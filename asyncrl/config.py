@@ -10,11 +10,15 @@ process starts::
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -174,7 +178,10 @@ class LearnerSection(ShardingFields):
 AdvantageName = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gae"]
 LossName = Literal["ppo", "gspo", "reinforce"]
 AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLKind = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs"]
+KLKind = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs",
+                 "k1+", "kl+", "k2+", "mse+", "k3+", "low_var_kl+", "abs+"]
+CorrectionName = Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled", "icepop", "seq_icepop"]
+
 
 
 class AlgorithmSection(_Section):
@@ -191,13 +198,19 @@ class AlgorithmSection(_Section):
     loss: LossName = "ppo"
     loss_agg_mode: AggMode = "token-mean"
     clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher when above clip_low.")
-    clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant (None: off).")
+    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher when above clip_low (DAPO's 0.28; "
+                             "veRL's clip_ratio_high defaults to 0.2).")
+    clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant (None: off; veRL's clip_ratio_c "
+                                 "defaults to 3.0).")
     entropy_coef: float = Field(0.0, ge=0)
     kl_loss_coef: float = Field(0.0, ge=0, description="KL(current||reference) as a loss term.")
-    kl_loss_type: KLKind = "k3"
+    kl_loss_type: KLKind = Field("k3", description="k1/kl, k2/mse, k3/low_var_kl, abs; a '+' suffix keeps the "
+                                 "value and takes the gradient of k2 (veRL's k3+ etc.).")
     kl_in_reward: bool = Field(False, description="Subtract beta*KL(behaviour||reference) per token from the reward.")
     kl_reward_type: KLKind = "k1"
+    kl_reward_mean: Literal["token", "sequence"] = Field(
+        "token", description="The KL the adaptive controller reads: token = mean over the batch's valid tokens; "
+        "sequence = mean of per-sequence means (veRL's apply_kl_penalty).")
     kl_coef: float = Field(0.001, ge=0, description="Initial beta for kl_in_reward.")
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     kl_target: float = Field(0.1, gt=0)
@@ -209,16 +222,53 @@ class AlgorithmSection(_Section):
         10, ge=1, description="Fail if more than this many batches' worth of groups are filtered for one step.")
     overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty buffer (0: off).")
     overlong_factor: float = Field(1.0, ge=0)
-    correction: Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled"] = "tis"
-    is_cap: float = Field(2.0, ge=1.0, description="tis/seq_tis cap; decoupled filter bound.")
-    is_lower: float = Field(0.5, gt=0, description="mis/seq_mis lower ratio bound.")
-    is_upper: float = Field(2.0, gt=1.0, description="mis/seq_mis upper ratio bound.")
+    correction: CorrectionName = Field("tis", description="Off-policy correction (veRL's rollout correction "
+                                       "is off by default).")
+    is_cap: float = Field(2.0, ge=1.0, description="tis/seq_tis cap; decoupled filter bound (veRL's "
+                          "rollout_is_threshold defaults to 2.0).")
+    is_lower: float = Field(0.5, gt=0, description="mis/seq_mis lower bound (of the ratio mis_ratio names); "
+                            "icepop/seq_icepop lower bound of pi/mu.")
+    is_upper: float = Field(2.0, gt=1.0, description="mis/seq_mis upper bound (of the ratio mis_ratio names); "
+                            "icepop/seq_icepop upper bound of pi/mu.")
+    mis_ratio: Literal["pi_over_mu", "mu_over_pi"] = Field(
+        "pi_over_mu", description="Which ratio is_lower/is_upper bound for mis/seq_mis: pi_over_mu (asyncrl's "
+        "meaning) or mu_over_pi (veRL's rollout_rs token_k1/seq_sum_k1 'lower_upper' thresholds). The same when "
+        "is_lower = 1/is_upper.")
+    decoupled_filter: Literal["drop", "zero"] = Field(
+        "drop", description="decoupled: tokens above is_cap leave the loss mask and its token count (drop, "
+        "asyncrl's meaning) or stay in it with weight 0 (zero, AReaL's).")
     stale_policy: Literal["drop", "reweight"] = Field(
         "drop", description="Samples older than learner.max_staleness that still arrive.")
+
+    @model_validator(mode="after")
+    def _check_correction(self) -> "AlgorithmSection":
+        if self.is_lower > self.is_upper:
+            raise ValueError(f"algorithm.is_lower={self.is_lower} exceeds algorithm.is_upper={self.is_upper}")
+        _warn_implicit_corrections(self)
+        return self
 
     @property
     def uses_reference(self) -> bool:
         return self.kl_loss_coef > 0 or self.kl_in_reward
+
+
+def _warn_implicit_corrections(a: AlgorithmSection) -> None:
+    """Deprecation warnings where a config relies on an asyncrl meaning that differs from veRL's/AReaL's.
+
+    Silent when the key is set explicitly, and for mis/seq_mis when the bounds are reciprocal
+    (both meanings coincide). Configs handed to child processes carry every key, so each run
+    warns once, where its TOML is read.
+    """
+    asymmetric = abs(a.is_lower * a.is_upper - 1.0) > 1e-9
+    if a.correction in ("mis", "seq_mis") and asymmetric and "mis_ratio" not in a.model_fields_set:
+        log.warning("algorithm.correction=%r: is_lower=%g / is_upper=%g bound pi/mu (asyncrl's meaning); veRL's "
+                    "rollout_rs thresholds bound mu/pi and differ here because is_lower != 1/is_upper. Relying "
+                    "on the default is deprecated: set algorithm.mis_ratio = 'pi_over_mu' to keep this meaning or "
+                    "'mu_over_pi' for veRL's", a.correction, a.is_lower, a.is_upper)
+    if a.correction == "decoupled" and "decoupled_filter" not in a.model_fields_set:
+        log.warning("algorithm.correction='decoupled': tokens above is_cap leave the loss's token count (asyncrl's "
+                    "meaning); AReaL keeps them with weight 0. Relying on the default is deprecated: set "
+                    "algorithm.decoupled_filter = 'drop' to keep this meaning or 'zero' for AReaL's")
 
 
 class PlacementSection(_Section):

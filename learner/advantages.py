@@ -76,14 +76,21 @@ def masked_whiten(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def _reverse_discounted_cumsum(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """``G_t = r_t + gamma * G_{t+1}``, reset after each masked position (veRL REINFORCE++)."""
+    """``G_t = r_t + gamma * G_{t'}`` with ``t'`` the next *valid* token (veRL 0.9 REINFORCE++).
+
+    Masked positions neither add their reward nor discount: the running return is carried
+    across them unchanged, so in a multi-turn rollout the outcome reward reaches the
+    earlier turns through the interleaved tool-output tokens (mask 0). Trailing padding
+    carries 0, so right-padded masks give the plain return-to-go. Returns are 0 at masked
+    positions.
+    """
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * mask[:, t]  # padding after EOS must not leak into the response
-    return returns * mask
+        m = mask[:, t]
+        running = torch.where(m > 0, rewards[:, t] + gamma * running, running)
+        returns[:, t] = running * m
+    return returns
 
 
 @torch.no_grad()
@@ -126,7 +133,11 @@ def rloo(token_rewards: Tensor, mask: Tensor, *, index, values=None, baselines=N
 def reinforce_pp(token_rewards: Tensor, mask: Tensor, *, index=None, values=None,
                  baselines=None, gamma: float = 1.0, lam: float = 1.0,
                  norm_by_std: bool = True, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """REINFORCE++ (Hu 2025): discounted return-to-go per token, whitened over the batch."""
+    """REINFORCE++ (Hu 2025): discounted return-to-go per token, whitened over the batch.
+
+    The return skips masked positions (carried across gaps, as veRL 0.9.1), see
+    :func:`_reverse_discounted_cumsum`.
+    """
     returns = _reverse_discounted_cumsum(token_rewards, mask, gamma)
     return masked_whiten(returns, mask), returns
 

@@ -48,8 +48,10 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str, norm_len: int | None = N
       (original GRPO; GSPO). An all-masked row contributes 0 but still counts in B.
     * ``seq-mean-token-sum-norm``: per-sequence token sum / ``norm_len`` (default T),
       mean over sequences: Dr. GRPO (Liu et al. 2025)'s constant normaliser, which
-      removes the length bias of per-sequence means. veRL's version sums over sequences
-      instead of averaging (its loss is B times ours; only the scale differs).
+      removes the length bias of per-sequence means. Same as veRL 0.9 (``loss_scale_factor``
+      = ``norm_len``, default the padded response length), except that veRL leaves
+      sequences with no valid token out of the mean; here they count in B with 0. (veRL
+      <= 0.6 summed over sequences instead of averaging, a loss B times larger.)
     """
     mask = mask.to(loss_mat.dtype)
     x = _zero_pad(loss_mat, mask) * mask

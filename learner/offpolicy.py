@@ -11,38 +11,99 @@ per-token weights and keep-mask that correct for ``pi_prox != mu``:
 ``log r_t = old_t - behaviour_t`` (clamped to ``[-20, 20]`` before ``exp``, as veRL's
 rollout-IS does). The sequence log-ratio is the sum over the sequence's valid tokens.
 
-Modes of :func:`correction`:
+Modes of :func:`correction` (``lower``/``upper``/``cap`` are ``algorithm.is_lower``,
+``is_upper``, ``is_cap``):
 
 * ``none``: weights 1.
 * ``tis``: token-level truncated IS, ``min(r_t, cap)`` (IMPALA, Espeholt et al. 2018;
   Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL").
 * ``seq_tis``: sequence-level, ``min(prod_t r_t, cap)`` broadcast over the sequence.
-* ``mis``: token masking: keep tokens with ``lower <= r_t <= upper``, weight 1.
-* ``seq_mis``: drop whole sequences whose ``prod_t r_t`` is outside ``[lower, upper]``.
+* ``mis``: token rejection, weight 1, rejected tokens leave the loss mask (and so the
+  token-mean denominator). ``mis_ratio = "pi_over_mu"`` (default) keeps
+  ``lower <= r_t <= upper``; ``"mu_over_pi"`` keeps ``lower <= 1/r_t <= upper``, veRL's
+  ``rollout_rs = "token_k1"`` with ``rollout_rs_threshold = "lower_upper"`` (compared in
+  log space, ``-clamp(log r_t, -20, 20)`` against ``log lower`` and ``log upper``, as veRL).
+  The two agree when ``lower = 1 / upper``.
+* ``seq_mis``: the same for whole sequences on ``prod_t r_t`` (``"mu_over_pi"``: veRL's
+  ``seq_sum_k1``, the sum of the clamped per-token ``-log r_t``).
+* ``icepop``: IcePop (veRL 0.9 ``rollout_is = "token"`` with ``rollout_is_threshold =
+  "lower_upper"``; TRL ``vllm_importance_sampling_mode = "token_mask"``): weight ``r_t`` where
+  ``lower <= r_t <= upper``, else 0; the token keeps its place in the loss mask.
+* ``seq_icepop``: the same with the sequence ratio ``prod_t r_t`` (veRL ``rollout_is =
+  "sequence"`` with a ``lower_upper`` threshold; TRL ``"sequence_mask"``).
 * ``decoupled``: AReaL's decoupled PPO (Fu et al. 2025): weight ``r_t = pi_prox / mu``
   with the PPO ratio (and its clip) taken against ``pi_prox = old_logprobs``, which is
   how the policy losses here are written already. As AReaL's ``behav_imp_weight_cap``,
-  tokens with ``r_t > cap`` are *filtered out* (weight 0, keep 0), not truncated;
-  truncating instead would make this mode identical to ``tis``.
+  tokens with ``r_t > cap`` are *filtered out*, not truncated (truncating would make this
+  mode ``tis``). ``decoupled_filter = "drop"`` (default) takes them out of the loss mask
+  (and the denominator); ``"zero"`` keeps them with weight 0, so the denominator still
+  counts them, as AReaL's ``ppo_actor_loss_fn`` does.
 
 Returned ``weights`` are 0 at padding and at rejected tokens; ``keep_mask`` is ``mask``
-with rejected tokens zeroed, to be used as the loss mask.
+with dropped tokens zeroed, to be used as the loss mask.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-CORRECTION_MODES = ("none", "tis", "seq_tis", "mis", "seq_mis", "decoupled")
+CORRECTION_MODES = ("none", "tis", "seq_tis", "mis", "seq_mis", "decoupled", "icepop", "seq_icepop")
+MIS_RATIOS = ("pi_over_mu", "mu_over_pi")
+DECOUPLED_FILTERS = ("drop", "zero")
 STALENESS_POLICIES = ("drop", "reweight")
 
 _LOG_BOUND = 20.0
 
 
+def _between(x: Tensor, lower: float, upper: float) -> Tensor:
+    return (x >= lower) & (x <= upper)
+
+
+def _mis_keep(log_r: Tensor, valid: Tensor, lower: float, upper: float, mis_ratio: str,
+              seq: bool) -> Tensor:
+    """Kept tokens ``[B, T]`` of ``mis`` (``seq=False``) or ``seq_mis`` (``seq=True``)."""
+    if mis_ratio == "pi_over_mu":  # asyncrl's convention: bounds on pi/mu
+        r = log_r.sum(-1, keepdim=True) if seq else log_r
+        return valid & _between(torch.exp(r.clamp(-_LOG_BOUND, _LOG_BOUND)), lower, upper)
+    # veRL's rollout_rs token_k1 / seq_sum_k1: k1 = -clamp(log r) = log(mu/pi), in log space
+    k1 = -log_r.clamp(-_LOG_BOUND, _LOG_BOUND)
+    if seq:
+        k1 = k1.sum(-1, keepdim=True)
+    return valid & _between(k1, math.log(lower), math.log(upper))
+
+
+def _apply_mode(mode: str, log_r: Tensor, valid: Tensor, m: Tensor, *, cap: float, lower: float,
+                upper: float, mis_ratio: str, decoupled_filter: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(weights, kept, rejected, clipped)`` of one mode; the last three are bool ``[B, T]``.
+
+    ``kept``: stays in the loss mask; ``rejected``: valid tokens dropped or given weight 0.
+    """
+    tok_ratio = torch.exp(log_r.clamp(-_LOG_BOUND, _LOG_BOUND))
+    seq_b = torch.exp(log_r.sum(-1, keepdim=True).clamp(-_LOG_BOUND, _LOG_BOUND)).expand_as(m)
+    no = torch.zeros_like(valid)
+    if mode == "none":
+        return m.clone(), valid, no, no
+    if mode in ("tis", "seq_tis"):
+        r = tok_ratio if mode == "tis" else seq_b
+        return r.clamp(max=cap) * m, valid, no, valid & (r > cap)
+    if mode in ("mis", "seq_mis"):
+        kept = _mis_keep(log_r, valid, lower, upper, mis_ratio, seq=mode == "seq_mis")
+        return kept.to(m.dtype), kept, valid & ~kept, no
+    if mode in ("icepop", "seq_icepop"):
+        r = tok_ratio if mode == "icepop" else seq_b
+        inside = valid & _between(r, lower, upper)
+        return r * inside.to(m.dtype), valid, valid & ~inside, no
+    inside = valid & (tok_ratio <= cap)  # decoupled
+    kept = inside if decoupled_filter == "drop" else valid
+    return tok_ratio * inside.to(m.dtype), kept, valid & ~inside, no
+
+
 def correction(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, *, mode: str,
-               cap: float = 2.0, lower: float = 0.5,
-               upper: float = 2.0) -> tuple[Tensor, Tensor, dict[str, float]]:
+               cap: float = 2.0, lower: float = 0.5, upper: float = 2.0, mis_ratio: str = "pi_over_mu",
+               decoupled_filter: str = "drop") -> tuple[Tensor, Tensor, dict[str, float]]:
     """Importance weights ``[B, T]``, keep mask ``[B, T]`` and metrics for stale samples.
 
     Args:
@@ -51,17 +112,23 @@ def correction(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, *
         mask: ``[B, T]`` 1 on valid response tokens.
         mode: one of :data:`CORRECTION_MODES`.
         cap: truncation cap (``tis``, ``seq_tis``) or filter threshold (``decoupled``).
-        lower, upper: kept ratio range for ``mis`` / ``seq_mis`` (inclusive).
+        lower, upper: kept range (inclusive) for ``mis`` / ``seq_mis`` (of the ratio named by
+            ``mis_ratio``) and ``icepop`` / ``seq_icepop`` (always of ``pi/mu``).
+        mis_ratio: one of :data:`MIS_RATIOS`, see the module docstring.
+        decoupled_filter: one of :data:`DECOUPLED_FILTERS`, see the module docstring.
     Returns:
         ``(weights, keep_mask, metrics)``; tensors detached, in ``old_logprobs``' dtype.
-        Metrics: ``is_ratio_mean`` / ``is_ratio_max`` (token ratios over valid tokens, or
-        sequence ratios over non-empty sequences for ``seq_*`` modes, before truncation),
-        ``is_clipped_frac`` (valid tokens whose weight was truncated), ``is_masked_frac``
-        (valid tokens rejected), ``kl_behaviour_k3`` (mean k3 estimate of
-        KL(behaviour || old) over valid tokens, Schulman 2020).
+        Metrics: ``is_ratio_mean`` / ``is_ratio_max`` (``pi/mu`` token ratios over valid
+        tokens, or sequence ratios over non-empty sequences for ``seq_*`` modes, before
+        truncation), ``is_clipped_frac`` (valid tokens whose weight was truncated),
+        ``is_masked_frac`` (valid tokens rejected: dropped or given weight 0),
+        ``kl_behaviour_k3`` (mean k3 estimate of KL(behaviour || old) over valid tokens,
+        Schulman 2020).
     """
-    if mode not in CORRECTION_MODES:
-        raise ValueError(f"unknown correction mode {mode!r}; known: {CORRECTION_MODES}")
+    for name, value, known in (("mode", mode, CORRECTION_MODES), ("mis_ratio", mis_ratio, MIS_RATIOS),
+                               ("decoupled_filter", decoupled_filter, DECOUPLED_FILTERS)):
+        if value not in known:
+            raise ValueError(f"unknown correction {name} {value!r}; known: {known}")
     if lower > upper:
         raise ValueError(f"need lower <= upper, got {lower} > {upper}")
     with torch.no_grad():
@@ -70,46 +137,34 @@ def correction(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, *
         zero = torch.zeros((), dtype=m.dtype, device=m.device)
         # Zero padding before subtracting: it may hold inf, and inf - inf = NaN.
         log_r = torch.where(valid, old_logprobs.detach() - behaviour_logprobs.detach(), zero)
-        tok_ratio = torch.exp(log_r.clamp(-_LOG_BOUND, _LOG_BOUND))
-        seq_ratio = torch.exp(log_r.sum(-1).clamp(-_LOG_BOUND, _LOG_BOUND))  # [B]
-        seq_b = seq_ratio.unsqueeze(-1).expand_as(m)
+        weights, kept, rejected, clipped = _apply_mode(
+            mode, log_r, valid, m, cap=cap, lower=lower, upper=upper, mis_ratio=mis_ratio,
+            decoupled_filter=decoupled_filter)
+        metrics = _metrics(log_r, m, mode.startswith("seq_"), rejected, clipped)
+    return weights, kept.to(m.dtype), metrics
 
-        clipped = torch.zeros_like(valid)
-        kept = valid
-        if mode == "none":
-            weights = m.clone()
-        elif mode == "tis":
-            weights = tok_ratio.clamp(max=cap) * m
-            clipped = valid & (tok_ratio > cap)
-        elif mode == "seq_tis":
-            weights = seq_b.clamp(max=cap) * m
-            clipped = valid & (seq_b > cap)
-        elif mode == "mis":
-            kept = valid & (tok_ratio >= lower) & (tok_ratio <= upper)
-            weights = kept.to(m.dtype)
-        elif mode == "seq_mis":
-            kept = valid & (seq_b >= lower) & (seq_b <= upper)
-            weights = kept.to(m.dtype)
-        else:  # decoupled
-            kept = valid & (tok_ratio <= cap)
-            weights = tok_ratio * kept.to(m.dtype)
-        keep_mask = kept.to(m.dtype)
 
-        if mode.startswith("seq_"):
-            stat, stat_valid = seq_ratio, m.sum(-1) > 0
-        else:
-            stat, stat_valid = tok_ratio, valid
-        n_stat = stat_valid.sum()
-        n_valid = m.sum().clamp(min=1.0)
-        k3 = tok_ratio - 1.0 - log_r.clamp(-_LOG_BOUND, _LOG_BOUND)
-        metrics = {
-            "is_ratio_mean": stat[stat_valid].mean() if n_stat > 0 else zero,
-            "is_ratio_max": stat[stat_valid].max() if n_stat > 0 else zero,
-            "is_clipped_frac": clipped.sum() / n_valid,
-            "is_masked_frac": (valid & ~kept).sum() / n_valid,
-            "kl_behaviour_k3": (k3 * m).sum() / n_valid,
-        }
-    return weights, keep_mask, {k: float(v) for k, v in metrics.items()}
+def _metrics(log_r: Tensor, m: Tensor, seq_level: bool, rejected: Tensor, clipped: Tensor) -> dict[str, float]:
+    valid = m > 0
+    zero = torch.zeros((), dtype=m.dtype, device=m.device)
+    lr = log_r.clamp(-_LOG_BOUND, _LOG_BOUND)
+    tok_ratio = torch.exp(lr)
+    if seq_level:
+        stat = torch.exp(log_r.sum(-1).clamp(-_LOG_BOUND, _LOG_BOUND))
+        stat_valid = m.sum(-1) > 0
+    else:
+        stat, stat_valid = tok_ratio, valid
+    n_stat = stat_valid.sum()
+    n_valid = m.sum().clamp(min=1.0)
+    k3 = tok_ratio - 1.0 - lr
+    out = {
+        "is_ratio_mean": stat[stat_valid].mean() if n_stat > 0 else zero,
+        "is_ratio_max": stat[stat_valid].max() if n_stat > 0 else zero,
+        "is_clipped_frac": clipped.sum() / n_valid,
+        "is_masked_frac": rejected.sum() / n_valid,
+        "kl_behaviour_k3": (k3 * m).sum() / n_valid,
+    }
+    return {k: float(v) for k, v in out.items()}
 
 
 def staleness_weights(staleness: Tensor, max_staleness: int, policy: str) -> tuple[Tensor, Tensor]:

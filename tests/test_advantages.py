@@ -209,3 +209,45 @@ def test_groups_with_signal():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.5 + 1e-3]])
     assert groups_with_signal(rewards).tolist() == [False, True, True]
     assert groups_with_signal(torch.tensor([[2.0], [3.0]])).tolist() == [False, False]
+
+
+def _verl_reinforce_pp_returns(token_level_rewards, response_mask, gamma):
+    """veRL 0.9.1 core_algos.compute_reinforce_plus_plus_outcome_advantage's return loop
+    (verl/trainer/ppo/core_algos.py, the ``verl-0.9.1`` wheel), transcribed."""
+    returns = torch.zeros_like(token_level_rewards)
+    running_return = 0
+    for t in reversed(range(token_level_rewards.shape[1])):
+        new_running_return = token_level_rewards[:, t] + gamma * running_return
+        returns[:, t] = new_running_return * response_mask[:, t]
+        running_return = new_running_return * response_mask[:, t] + running_return * (1 - response_mask[:, t])
+    return returns
+
+
+def test_reinforce_pp_carries_return_across_mask_gaps():
+    # A multi-turn rollout: turn 1 (tokens 0-1), tool output (2-3, mask 0, with stray rewards
+    # that must not count), turn 2 (4-5) ending with the outcome 1.0, then padding.
+    # Hand-derived, gamma = 0.5: G5 = 1, G4 = 0.5, the gap carries 0.5 unchanged (no reward,
+    # no discount), G1 = 0.1 + 0.5 * 0.5 = 0.35, G0 = 0 + 0.5 * 0.35 = 0.175.
+    rewards = _t([[0.0, 0.1, 7.0, 7.0, 0.0, 1.0, 3.0], [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]])
+    mask = _t([[1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]])
+    expected = [[0.175, 0.35, 0.0, 0.0, 0.5, 1.0, 0.0], [0.5, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0]]
+    adv, ret = get_estimator("reinforce_pp")(rewards, mask, index=None, gamma=0.5)
+    assert torch.allclose(ret, _t(expected), atol=1e-12), ret
+    assert torch.allclose(ret, _verl_reinforce_pp_returns(rewards, mask, 0.5), atol=1e-12)
+    assert float((adv * (1 - mask)).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reinforce_pp_matches_verl_on_random_gapped_masks(seed):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(5, 11, generator=g, dtype=torch.float64)
+    mask = (torch.rand(5, 11, generator=g) < 0.7).to(torch.float64)
+    mask[:, -2:] = 0.0  # right padding too
+    adv, ret = get_estimator("reinforce_pp")(rewards, mask, index=None, gamma=0.9)
+    expected = _verl_reinforce_pp_returns(rewards, mask, 0.9)
+    assert torch.allclose(ret, expected, atol=1e-12)
+    # advantages: veRL masked_whiten (mean, unbiased var, rsqrt(var + 1e-8)) over valid tokens, then * mask
+    n = mask.sum()
+    mean = (expected * mask).sum() / n
+    var = (((expected - mean) ** 2) * mask).sum() / n * n / (n - 1)
+    assert torch.allclose(adv, (expected - mean) * torch.rsqrt(var + 1e-8) * mask, atol=1e-10)

@@ -101,3 +101,40 @@ def test_auto_dtype_is_bf16_only_where_bf16_is_fast() -> None:
     assert resolve_dtype("auto") == ("bfloat16" if fast_bf16() else "float32")
     assert autocast_bf16_ok(True, "cpu") == fast_bf16() and not autocast_bf16_ok(False, "cpu")
     assert load_config(REPO / "configs" / "quickstart.toml").rollout.dtype == "auto"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_rely_on_no_deprecated_meaning(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="asyncrl.config"):
+        load_config(path)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_correction_conventions_warn_until_explicit(caplog: pytest.LogCaptureFixture) -> None:
+    def warnings(**algo) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="asyncrl.config"):
+            cfg = validate_config({**BASE, "algorithm": algo})
+        assert cfg.algorithm.mis_ratio == algo.get("mis_ratio", "pi_over_mu")  # the default is unchanged
+        return [r.getMessage() for r in caplog.records]
+
+    msgs = warnings(correction="mis", is_lower=0.5, is_upper=5.0)
+    assert len(msgs) == 1 and "algorithm.mis_ratio" in msgs[0] and "mu/pi" in msgs[0]
+    assert warnings(correction="seq_mis", is_lower=0.25, is_upper=2.0)
+    assert not warnings(correction="mis", is_lower=0.25, is_upper=4.0)  # reciprocal: both meanings agree
+    assert not warnings(correction="mis", is_lower=0.5, is_upper=5.0, mis_ratio="mu_over_pi")
+    assert not warnings(correction="icepop", is_lower=0.5, is_upper=5.0)  # always pi/mu, as veRL's IcePop
+    msgs = warnings(correction="decoupled")
+    assert len(msgs) == 1 and "algorithm.decoupled_filter" in msgs[0]
+    assert not warnings(correction="decoupled", decoupled_filter="zero")
+    # children get the dumped config, every key set: no second warning
+    assert not warnings(**validate_config({**BASE, "algorithm": {"correction": "decoupled"}}).algorithm.model_dump())
+
+
+def test_algorithm_keys_for_verl_parity() -> None:
+    cfg = validate_config({**BASE, "algorithm": {"kl_loss_type": "k3+", "kl_reward_type": "low_var_kl+",
+                                                 "kl_reward_mean": "sequence", "correction": "seq_icepop"}})
+    assert cfg.algorithm.kl_loss_type == "k3+" and cfg.algorithm.kl_reward_mean == "sequence"
+    assert "algorithm.is_lower=3.0 exceeds algorithm.is_upper=2.0" in _err({**BASE, "algorithm": {"is_lower": 3.0}})
+    assert "algorithm.mis_ratio" in _err({**BASE, "algorithm": {"mis_ratio": "mu/pi"}})
+    assert "algorithm.kl_loss_type" in _err({**BASE, "algorithm": {"kl_loss_type": "k4+"}})

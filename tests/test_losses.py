@@ -215,3 +215,29 @@ def test_entropy_bonus_golden():
     for mode in AGG_MODES:
         got = entropy_bonus(torch.tensor(ent), torch.tensor(mask, dtype=torch.float32), mode)
         assert got.item() == pytest.approx(_agg_ref(ent, mask, mode))
+
+
+def _verl_agg_loss_seq_sum_norm(loss_mat, loss_mask, loss_scale_factor=None):
+    """veRL 0.9.1 core_algos.agg_loss, "seq-mean-token-sum-norm", dp_size 1, no global info
+    (verl/trainer/ppo/core_algos.py, the ``verl-0.9.1`` wheel), transcribed."""
+    seq_losses = torch.sum(loss_mat * loss_mask, dim=-1)
+    seq_mask = (torch.sum(loss_mask, dim=-1) > 0).float().to(loss_mat.dtype)
+    loss = (seq_losses * seq_mask).sum() / seq_mask.sum()
+    return loss / (loss_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+
+
+def test_seq_mean_token_sum_norm_is_verl_0_9s_mean_not_a_sum():
+    g = torch.Generator().manual_seed(0)
+    loss = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0]],
+                        dtype=torch.float64)
+    # hand-derived: mean over the 4 rows of (row's valid sum / 6)
+    by_hand = sum(float((loss[i] * mask[i]).sum()) / 6 for i in range(4)) / 4
+    assert float(agg_loss(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(by_hand, rel=1e-12)
+    for norm in (None, 10):
+        ours = agg_loss(loss, mask, "seq-mean-token-sum-norm", norm_len=norm)
+        assert float(ours) == pytest.approx(float(_verl_agg_loss_seq_sum_norm(loss, mask, norm)), rel=1e-12)
+    # the one difference: a row with no valid token counts in our B (veRL leaves it out)
+    mask[2] = 0
+    ours, theirs = agg_loss(loss, mask, "seq-mean-token-sum-norm"), _verl_agg_loss_seq_sum_norm(loss, mask)
+    assert float(ours) == pytest.approx(float(theirs) * 3 / 4, rel=1e-12)
