@@ -144,6 +144,11 @@ class LearnerSection(ShardingFields):
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="Max samples per forward/backward pass.")
+    ppo_mini_batches: int = Field(1, ge=1, description="Optimiser steps per pass over a batch: its groups split "
+                                  "evenly into this many mini-batches (must divide prompts_per_step).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each batch. A batch makes ppo_mini_batches x "
+                            "ppo_epochs optimiser steps and still counts as one learner step (max_steps, policy "
+                            "version, sync/validation/checkpoint cadence, LR schedule).")
     autocast_bf16: bool = Field(False, description="bf16 autocast for learner compute (fp32 master weights); "
                                 "ignored, with a warning, on CPUs without native bf16.")
     nnodes: int = Field(1, ge=1, description="Hosts the learner's ranks span (torchrun across nodes); "
@@ -174,6 +179,14 @@ class LearnerSection(ShardingFields):
                                   "data position, RNG, HF export) every N steps and at the end; 0: never.")
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed).")
 
+    @model_validator(mode="after")
+    def _check_mini_batches(self) -> "LearnerSection":
+        if self.prompts_per_step % self.ppo_mini_batches:
+            raise ValueError(f"learner.prompts_per_step={self.prompts_per_step} is not divisible by "
+                             f"learner.ppo_mini_batches={self.ppo_mini_batches}: each mini-batch takes "
+                             f"prompts_per_step / ppo_mini_batches whole groups")
+        return self
+
 
 AdvantageName = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gae"]
 LossName = Literal["ppo", "gspo", "reinforce"]
@@ -181,7 +194,6 @@ AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "se
 KLKind = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs",
                  "k1+", "kl+", "k2+", "mse+", "k3+", "low_var_kl+", "abs+"]
 CorrectionName = Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled", "icepop", "seq_icepop"]
-
 
 
 class AlgorithmSection(_Section):
@@ -239,6 +251,11 @@ class AlgorithmSection(_Section):
         "asyncrl's meaning) or stay in it with weight 0 (zero, AReaL's).")
     stale_policy: Literal["drop", "reweight"] = Field(
         "drop", description="Samples older than learner.max_staleness that still arrive.")
+    old_logprobs: Literal["recompute", "behaviour"] = Field(
+        "recompute", description="PPO old (proximal) log-probs: recompute = the learner's weights before the "
+        "step's first update (one no-grad pass when learner.ppo_mini_batches or ppo_epochs > 1); behaviour = "
+        "the generator's log-probs (veRL bypass mode: the ratio and clip are taken against the behaviour "
+        "policy and `correction` sees ratio 1).")
 
     @model_validator(mode="after")
     def _check_correction(self) -> "AlgorithmSection":
@@ -374,9 +391,10 @@ class RunConfig(_Section):
                 f"learner.max_staleness={lr.max_staleness} is impossible with learner.sync_every="
                 f"{lr.sync_every}: generators lag up to sync_every-1 versions; set max_staleness >= "
                 f"{lr.sync_every - 1}")
-        if lr.world_size > lr.prompts_per_step * self.rollout.n:
-            raise ValueError(f"learner.world_size={lr.world_size} exceeds the samples per step "
-                             f"(learner.prompts_per_step x rollout.n = {lr.prompts_per_step * self.rollout.n})")
+        per_update = lr.prompts_per_step // lr.ppo_mini_batches * self.rollout.n
+        if lr.world_size > per_update:
+            raise ValueError(f"learner.world_size={lr.world_size} exceeds the samples per optimiser step "
+                             f"(learner.prompts_per_step / learner.ppo_mini_batches x rollout.n = {per_update})")
         if len(t.rewards) != self.reward.num_workers:
             raise ValueError(
                 f"transport.rewards has {len(t.rewards)} address(es) but reward.num_workers="

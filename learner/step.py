@@ -1,16 +1,20 @@
-"""One optimiser step on scored groups, for every algorithm in the config's [algorithm].
+"""One learner step on scored groups, for every algorithm in the config's [algorithm].
 
-Phase A (no grad): reference log-probs and critic values where the algorithm needs them,
-token rewards (outcome on the last token, DAPO overlong penalty, optional KL-in-reward),
-advantages over the whole batch. Phase B: micro-batched forward/backward with the chosen
-policy loss, off-policy correction and optional entropy/KL-loss terms, then the step.
+Phase A (no grad): reference log-probs, critic values and the PPO old log-probs where
+needed, token rewards (outcome on the last token, DAPO overlong penalty, optional
+KL-in-reward), advantages over the whole batch. Phase B: the PPO schedule of
+:mod:`learner.ppo` (``ppo_mini_batches x ppo_epochs`` optimiser steps), each a
+micro-batched forward/backward with the chosen policy loss, off-policy correction and
+optional entropy/KL-loss terms, then the optimiser step. The LR schedule steps once per
+learner step (as veRL's), so warm-up counts batches.
 
-The PPO "old" policy is the learner's weights before this update. With one optimiser step
-per batch those are the weights of this very forward pass (gradients accumulate over
-micro-batches before the step), so ``old = logprobs.detach()`` is exact and saves a full
-no-grad pass; the correction weights old/behaviour then account for generator staleness
-(and numeric differences between engines). KL-in-reward uses the behaviour log-probs, the
-policy that actually produced the tokens.
+The PPO "old" policy is the learner's weights before the step's first update. With one
+optimiser step per batch those are the weights of this very forward pass (gradients
+accumulate over micro-batches before the step), so ``old = logprobs.detach()`` is exact
+and saves a full no-grad pass; otherwise phase A computes it. The correction weights
+old/behaviour then account for generator staleness (and numeric differences between
+engines): decoupled PPO's behaviour -> proximal (old) -> current. KL-in-reward uses the
+behaviour log-probs, the policy that actually produced the tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
 from learner.memory import peak_rss_mb, rss_mb
 from learner.microbatch import rank_micro_batches
+from learner.ppo import Accumulator, PreparedBatch, mean_over_updates, mini_batches, old_source, scale_grads
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
@@ -90,11 +95,14 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
 
-    def _chunks(self, ro: Rollouts) -> list[list[int]]:
-        """This rank's micro-batches; ``[]`` is a zero-weight padding pass (see rank_micro_batches)."""
-        lr = self.learner
-        return rank_micro_batches(sample_lengths(ro), self.world, self.rank, max_samples=lr.micro_batch_size,
-                                  max_tokens=lr.max_tokens_per_microbatch, packed=lr.packing)
+    def _chunks(self, ro: Rollouts, members: list[int]) -> list[list[int]]:
+        """This rank's micro-batches of the samples ``members``; ``[]`` is a zero-weight padding
+        pass (see rank_micro_batches)."""
+        lr, lengths = self.learner, sample_lengths(ro)
+        chunks = rank_micro_batches([lengths[i] for i in members], self.world, self.rank,
+                                    max_samples=lr.micro_batch_size, max_tokens=lr.max_tokens_per_microbatch,
+                                    packed=lr.packing)
+        return [[members[j] for j in c] for c in chunks]
 
     def _all_reduce(self, t: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
         if self.world == 1:
@@ -115,26 +123,25 @@ class Trainer:
                               enabled=autocast_bf16_ok(self.learner.autocast_bf16, self.device.type))
 
     @torch.no_grad()
-    def _phase_a(self, ro: Rollouts, chunks: list[list[int]]) -> tuple[Tensor | None, Tensor | None]:
+    def _phase_a(self, ro: Rollouts, old: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``[N, T]`` reference log-probs, critic values and (``old``) policy log-probs, each
+        None when not needed."""
         N, T = ro.mask.shape
-        ref = torch.zeros(N, T) if self.reference is not None else None
-        values = torch.zeros(N, T) if self.critic is not None else None
-        for idx in chunks:
-            if ref is None and values is None:
-                break
+        models = {"ref": (self.reference, lambda m, tb: policy_forward(m, tb, self.temperature)[0]),
+                  "values": (self.critic, lambda m, tb: m(tb)),
+                  "old": (self.policy if old else None, lambda m, tb: policy_forward(m, tb, self.temperature)[0])}
+        grids = {k: torch.zeros(N, T) for k, (m, _) in models.items() if m is not None}
+        for idx in self._chunks(ro, list(range(N))) if grids else []:
             tb = self._batch(ro, idx)
             with self._autocast():
-                if ref is not None:
-                    r = response_view(policy_forward(self.reference, tb, self.temperature)[0], tb, T).cpu()
+                for k, grid in grids.items():
+                    model, fn = models[k]
+                    out = response_view(fn(model, tb), tb, T).cpu()
                     if idx:
-                        ref[idx] = r
-                if values is not None:
-                    v = response_view(self.critic(tb), tb, T).cpu()
-                    if idx:
-                        values[idx] = v
+                        grid[idx] = out
         # each rank filled its own rows (zeros elsewhere): a sum gives every rank the whole grid
-        return (None if ref is None else self._all_reduce(ref),
-                None if values is None else self._all_reduce(values))
+        full = {k: self._all_reduce(g) for k, g in grids.items()}
+        return full.get("ref"), full.get("values"), full.get("old")
 
     def _token_rewards(self, ro: Rollouts, ref: Tensor | None, stats: dict[str, float]) -> Tensor:
         a = self.algo
@@ -154,33 +161,22 @@ class Trainer:
         return rewards
 
     def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
-        a = self.algo
+        """One learner step: ``ppo_mini_batches x ppo_epochs`` optimiser steps on ``groups``."""
+        a, lr = self.algo, self.learner
         ro = Rollouts.from_groups(groups, learner_version)
-        chunks = self._chunks(ro)
         stats: dict[str, float] = {}
-        ref, values = self._phase_a(ro, chunks)
+        ref, values, old = self._phase_a(ro, old=old_source(lr, a) == "pass")
         rewards = self._token_rewards(ro, ref, stats)
         adv, returns = get_estimator(a.advantage)(
             rewards, ro.mask, index=ro.index, values=values, baselines=ro.baselines, gamma=a.gamma,
             lam=a.lam, norm_by_std=a.norm_adv_by_std, eps=a.adv_eps)
-        sw, skeep = staleness_weights(ro.staleness, self.learner.max_staleness, a.stale_policy)
-        sums: Counter[str] = Counter()
-        maxes: dict[str, float] = {}
-        seq_level = a.loss_agg_mode != "token-mean"
-        total = float(len(ro.prompt_ids) if seq_level else ro.mask.sum().clamp(min=1))
-        for idx in chunks:
-            weight = (len(idx) if seq_level else float(ro.mask[idx].sum())) / total
-            real = idx or [0]
-            part = self._micro_step(ro, real, adv[real], returns[real], ref, values, sw[real], skeep[real], weight)
-            for k, v in part.items():
-                if not idx:
-                    continue
-                if k.endswith("_max"):
-                    maxes[k] = max(maxes.get(k, v), v)
-                else:
-                    sums[k] += v * weight
-        stats.update(self._optimizer_step())
-        stats.update(self._reduce_stats(sums, maxes))
+        sw, skeep = staleness_weights(ro.staleness, lr.max_staleness, a.stale_policy)
+        pb = PreparedBatch(ro, adv, returns, ref, values, old, sw, skeep)
+        minis = mini_batches(ro.index, lr.ppo_mini_batches)
+        updates = [self._update(pb, members) for _ in range(lr.ppo_epochs) for members in minis]
+        stats.update(mean_over_updates(updates), optimizer_steps=float(len(updates)),
+                     lr=self.scheduler.get_last_lr()[0])
+        self.scheduler.step()
         stats["advantage_abs_mean"] = float((adv.abs() * ro.mask).sum() / ro.mask.sum().clamp(min=1))
         stats["response_len_mean"] = float(ro.lengths.mean())
         stats["staleness_hist"] = dict(Counter(int(s) for s in ro.staleness.tolist()))
@@ -205,29 +201,60 @@ class Trainer:
             self._gloo = dist.new_group(backend="gloo")  # CPU tensors, also when training on NCCL
         return self._gloo
 
-    def _reduce_stats(self, sums: Counter[str], maxes: dict[str, float]) -> dict[str, float]:
-        """Weighted sums add up, maxima take the max, over ranks (every rank has the same keys)."""
+    def _update(self, pb: PreparedBatch, members: list[int]) -> dict[str, float]:
+        """One optimiser step on the samples ``members`` (a mini-batch), micro-batched. The
+        policy gradient is summed over micro-batches, then divided by the loss's count over
+        every micro-batch and rank (kept tokens for token-mean, else sequences)."""
+        ro, seq_level = pb.ro, self.algo.loss_agg_mode != "token-mean"
+        total = float(len(members) if seq_level else ro.mask[members].sum().clamp(min=1))
+        acc = Accumulator()
+        for idx in self._chunks(ro, members):
+            share = (len(idx) if seq_level else float(ro.mask[idx].sum())) / total  # 0 for a padding pass
+            part, count, kept = self._micro_step(pb, idx or [0], share, live=bool(idx))
+            if idx:
+                acc.add(part, share, count, kept)
+        count, kept = self._all_reduce(torch.tensor([acc.count, acc.kept], dtype=torch.float64)).tolist()
+        scale_grads(self.policy, 1.0 / max(count, 1.0))
+        summed = self._reduce_stats({k: v for c in acc.sums.values() for k, v in c.items()}, acc.extremes)
+        out = acc.finish({"count": count, "kept": kept}, summed)
+        out.update(self._optimizer_step())
+        return out
+
+    def _reduce_stats(self, sums: dict[str, float], extremes: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Weighted sums add up, maxima and minima take the extreme, over ranks (every rank
+        has the same keys)."""
         out: dict[str, float] = {}
-        for values, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX)):
+        for values, op in ((sums, dist.ReduceOp.SUM), (extremes["max"], dist.ReduceOp.MAX),
+                           (extremes["min"], dist.ReduceOp.MIN)):
             keys = sorted(values)
             if keys:
                 red = self._all_reduce(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), op)
                 out.update(zip(keys, red.tolist()))
         return out
 
-    def _micro_step(self, ro: Rollouts, idx: list[int], adv: Tensor, returns: Tensor, ref: Tensor | None,
-                    values: Tensor | None, sw: Tensor, skeep: Tensor, weight: float) -> dict[str, float]:
-        a, T, dev = self.algo, ro.mask.shape[1], self.device
+    def _old(self, pb: PreparedBatch, idx: list[int], lp: Tensor, beh: Tensor) -> Tensor:
+        if self.algo.old_logprobs == "behaviour":
+            return beh
+        return lp.detach() if pb.old is None else pb.old[idx].to(self.device)
+
+    def _micro_step(self, pb: PreparedBatch, idx: list[int], share: float,
+                    live: bool) -> tuple[dict[str, float], float, float]:
+        """Forward/backward of one micro-batch; its metrics, the count its policy loss was
+        aggregated over and its kept tokens (both 0 for a padding pass, whose gradient is
+        zeroed by that count)."""
+        a, ro, dev = self.algo, pb.ro, self.device
+        T = ro.mask.shape[1]
         tb = self._batch(ro, idx)
         mask, beh = ro.mask[idx].to(dev), ro.behaviour[idx].to(dev)
         with self._autocast():
             lp_grid, ent_grid = policy_forward(self.policy, tb, self.temperature, entropy=True)
         lp, ent = response_view(lp_grid, tb, T), response_view(ent_grid, tb, T)
-        old = lp.detach()
+        old = self._old(pb, idx, lp, beh)
         w, keep, metrics = correction(old, beh, mask, mode=a.correction, cap=a.is_cap, lower=a.is_lower,
                                       upper=a.is_upper)
-        w, keep = w * sw.to(dev).unsqueeze(1), keep * skeep.to(dev).unsqueeze(1)
-        loss, pm = get_policy_loss(a.loss)(lp, old, adv.to(dev), keep, is_weights=w, agg_mode=a.loss_agg_mode,
+        w, keep = w * pb.stale_weights[idx].to(dev).unsqueeze(1), keep * pb.stale_keep[idx].to(dev).unsqueeze(1)
+        adv = pb.adv[idx].to(dev)
+        loss, pm = get_policy_loss(a.loss)(lp, old, adv, keep, is_weights=w, agg_mode=a.loss_agg_mode,
                                            clip_low=a.clip_low, clip_high=a.clip_high, clip_c=a.clip_c)
         metrics.update(pm)
         n_tok = mask.sum().clamp(min=1)
@@ -237,19 +264,25 @@ class Trainer:
         if a.entropy_coef:
             loss = loss - a.entropy_coef * entropy_bonus(ent, keep, a.loss_agg_mode)
         if a.kl_loss_coef:
-            kl = agg_loss(kl_penalty(lp, ref[idx].to(dev), a.kl_loss_type), keep, a.loss_agg_mode)
+            assert pb.ref is not None
+            kl = agg_loss(kl_penalty(lp, pb.ref[idx].to(dev), a.kl_loss_type), keep, a.loss_agg_mode)
             loss = loss + a.kl_loss_coef * kl
             metrics["kl_loss"] = float(kl.detach())
         metrics["loss"] = float(loss.detach())
-        scale = weight * self.world  # FSDP2 averages gradients over ranks; weights are global shares
-        (loss * scale).backward()
+        # the loss is a mean over this micro-batch's kept tokens (or sequences): times that count
+        # it is a sum, divided by the count over all micro-batches and ranks in _update
+        kept = float(keep.sum()) if live else 0.0
+        count = (kept if a.loss_agg_mode == "token-mean" else float(len(idx))) if live else 0.0
+        (loss * (count * self.world)).backward()  # x world: FSDP2 averages gradients over ranks
         if self.critic is not None:
+            assert pb.values is not None
             with self._autocast():
                 v = response_view(self.critic(tb), tb, T)
-            vl, vm = value_loss(v, values[idx].to(dev), returns.to(dev), mask, a.value_clip, a.loss_agg_mode)
-            (vl * scale).backward()
+            vl, vm = value_loss(v, pb.values[idx].to(dev), pb.returns[idx].to(dev), mask, a.value_clip,
+                                a.loss_agg_mode)
+            (vl * (share * self.world)).backward()  # the value loss's mask is known: global shares
             metrics.update(vm, value_loss=float(vl.detach()))
-        return metrics
+        return metrics, count, kept
 
     def state(self) -> dict[str, Any]:
         """JSON-able trainer state besides weights and optimizer moments (for checkpoints)."""
@@ -261,9 +294,7 @@ class Trainer:
         self.kl_ctrl.value = float(state["kl_coef"])
 
     def _optimizer_step(self) -> dict[str, float]:
-        lr = self.scheduler.get_last_lr()[0]
-        out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm), "lr": lr}
-        self.scheduler.step()
+        out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm)}
         if self.critic is not None and self.critic_optimizer is not None:
             out["critic_grad_norm"] = _clip_and_step(self.critic, self.critic_optimizer, self.learner.max_grad_norm)
         return out

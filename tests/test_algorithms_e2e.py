@@ -60,3 +60,23 @@ def test_remax_and_dapo_options_run_end_to_end(tiny_model_dir: Path, arith_dir: 
     assert all(r["samples"] == 4 * 8 for r in steps)  # baselines scored but never trained
     assert all("kl_loss" in r and "overlong_penalty_mean" in r and "is_masked_frac" in r for r in steps)
     assert all(r["staleness_max"] <= 2 for r in steps)
+
+
+def test_ppo_epochs_learns_and_clips(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """configs/tiny_cpu_ppo_epochs.toml: 2 mini-batches x 2 epochs = 4 optimiser steps per
+    learner step; the clip binds (clip_frac > 0) and the reward still rises."""
+    config = REPO / "configs" / "tiny_cpu_ppo_epochs.toml"
+    run_dir = tmp_path / "run"
+    res = run_up(config, run_dir, _data_overrides(tiny_model_dir, arith_dir) + ["learner.val_every=0"],
+                 max_steps=STEPS, timeout_s=300)
+    assert res.returncode == 0, res.stdout[-6000:]
+    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    assert len(steps) == STEPS and [r["policy_version"] for r in steps] == list(range(1, STEPS + 1))
+    assert all(r["optimizer_steps"] == 4 for r in steps)
+    clip = [r["clip_frac"] for r in steps]
+    first = sum(r["reward_mean"] for r in steps[:5]) / 5
+    last = sum(r["reward_mean"] for r in steps[-5:]) / 5
+    print(f"ppo_epochs: reward {first:.3f} -> {last:.3f}, clip_frac mean {sum(clip) / len(clip):.4f} "
+          f"max {max(clip):.4f}, ppo_kl max {max(r['ppo_kl'] for r in steps):.2e} in {steps[-1]['time_s']:.0f}s")
+    assert sum(c > 0 for c in clip) >= STEPS // 2, clip  # the first of each step's 4 updates has ratio 1
+    assert last > first + 0.2, f"reward did not rise: {first:.3f} -> {last:.3f}"

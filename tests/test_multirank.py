@@ -40,6 +40,27 @@ def test_two_ranks_match_one(tiny_model_dir: Path, tmp_path: Path, algo: dict) -
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("algo", [
+    {"correction": "mis"},
+    {"correction": "decoupled", "is_cap": 1.5,
+     "learner": {"prompts_per_step": 3, "ppo_mini_batches": 3, "ppo_epochs": 2}},
+], ids=["mis", "decoupled+3mini+2epochs"])
+def test_filtered_tokens_same_update_whatever_the_cut(tiny_model_dir: Path, tmp_path: Path, algo: dict) -> None:
+    """Tokens rejected by the off-policy filter leave the loss's denominator the same way
+    however the batch is cut: 1 rank, one padded micro-batch of every sample, vs 2 ranks,
+    packed micro-batches of 1 sample."""
+    base = {**algo, "groups": {"beh_noise": 1.5}}
+    one = {**base, "learner": {**algo.get("learner", {}), "micro_batch_size": 64, "packing": False}}
+    two = {**base, "learner": {**algo.get("learner", {}), "micro_batch_size": 1, "packing": True}}
+    s1, w1 = _run(1, tiny_model_dir, tmp_path / "w1", one)
+    s2, w2 = _run(2, tiny_model_dir, tmp_path / "w2", two)
+    assert 0 < s1["is_masked_frac"] < 1
+    for key in ("loss", "pg_loss", "grad_norm", "is_masked_frac", "clip_frac", "optimizer_steps"):
+        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_sft_two_ranks_match_one_with_uneven_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
     """9 examples in batches of 4 (the last batch has 1 example: rank 1 gets only padding passes)
     and a small token budget (ranks get different micro-batch counts): 2 ranks train the same

@@ -15,15 +15,21 @@ from learner.step import Trainer
 from tests.test_wire import _row
 
 
-def _groups(n_groups: int = 2, n: int = 4, baseline: bool = False) -> list:
+def _groups(n_groups: int = 2, n: int = 4, baseline: bool = False, beh_noise: float = 0.0) -> list:
+    """Scored groups of random lengths and rewards; behaviour log-probs -4.6 (about the tiny
+    model's), plus uniform noise in ``[-beh_noise, beh_noise]`` so that ratio filters reject some."""
     g = torch.Generator().manual_seed(0)
+    noise = torch.Generator().manual_seed(1)
     out = []
     for gid in range(n_groups):
         rows = []
         for i in range(n + int(baseline)):
             r = 1 + int(torch.randint(0, 5, (1,), generator=g))
+            beh = [-4.6] * r
+            if beh_noise:
+                beh = (-4.6 + beh_noise * (2 * torch.rand(r, generator=noise) - 1)).tolist()
             rows.append(_row(group_id=gid, sample_index=i, prompt_token_ids=[2, 10 + gid, 11, 12],
-                             response_token_ids=[20 + j for j in range(r)], behaviour_logprobs=[-4.6] * r,
+                             response_token_ids=[20 + j for j in range(r)], behaviour_logprobs=beh,
                              policy_version=0, reward=float(torch.rand(1, generator=g)),
                              is_baseline=baseline and i == n))
         out.append(schema.make_batch(rows))
