@@ -36,7 +36,7 @@ from learner.algo import entropy_from_logits, token_logprobs
 from learner.batch import TrainBatch, build_batch
 from learner.critic import ValueModel
 from learner.dapo import overlong_penalty
-from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
 from learner.memory import peak_rss_mb, rss_mb
@@ -154,7 +154,7 @@ class Trainer:
         if a.kl_in_reward:
             assert ref is not None
             kl = kl_penalty(ro.behaviour, ref, a.kl_reward_type) * ro.mask
-            kl_mean = float(kl.sum() / ro.mask.sum().clamp(min=1))
+            kl_mean = reward_kl_mean(kl, ro.mask, a.kl_reward_mean)
             rewards = rewards - self.kl_ctrl.value * kl
             stats.update(kl_reward=kl_mean, kl_coef=self.kl_ctrl.value)
             self.kl_ctrl.update(kl_mean, len(ro.prompt_ids))
@@ -251,7 +251,7 @@ class Trainer:
         lp, ent = response_view(lp_grid, tb, T), response_view(ent_grid, tb, T)
         old = self._old(pb, idx, lp, beh)
         w, keep, metrics = correction(old, beh, mask, mode=a.correction, cap=a.is_cap, lower=a.is_lower,
-                                      upper=a.is_upper)
+                                      upper=a.is_upper, mis_ratio=a.mis_ratio, decoupled_filter=a.decoupled_filter)
         w, keep = w * pb.stale_weights[idx].to(dev).unsqueeze(1), keep * pb.stale_keep[idx].to(dev).unsqueeze(1)
         adv = pb.adv[idx].to(dev)
         loss, pm = get_policy_loss(a.loss)(lp, old, adv, keep, is_weights=w, agg_mode=a.loss_agg_mode,

@@ -120,13 +120,15 @@ def test_trainer_matches_reference_ppo_loop(tiny_model_dir, n_mini: int, epochs:
 
 
 FILTERING = [{"correction": "mis"}, {"correction": "decoupled", "is_cap": 1.5},
-             {"correction": "seq_mis", "is_lower": 0.3, "is_upper": 3.0}]
+             {"correction": "seq_mis", "is_lower": 0.3, "is_upper": 3.0},
+             {"correction": "mis", "mis_ratio": "mu_over_pi", "is_lower": 0.6},
+             {"correction": "decoupled", "is_cap": 1.5, "decoupled_filter": "zero"}]
 LAYOUTS = [{"micro_batch_size": 1, "packing": False}, {"micro_batch_size": 4, "packing": False},
            {"micro_batch_size": 4, "packing": True}, {"micro_batch_size": 64, "packing": True},
            {"micro_batch_size": 64, "packing": True, "max_tokens_per_microbatch": 20}]
 
 
-@pytest.mark.parametrize("algo", FILTERING, ids=lambda a: a["correction"])
+@pytest.mark.parametrize("algo", FILTERING, ids=lambda a: ",".join(str(v) for v in a.values()))
 def test_update_is_independent_of_micro_batching(tiny_model_dir, algo: dict) -> None:
     """Tokens rejected by the correction leave the loss; the update must not depend on how
     the batch is cut: micro-batches of 1, 4 and all, padded and packed, with a token budget."""
@@ -140,7 +142,8 @@ def test_update_is_independent_of_micro_batching(tiny_model_dir, algo: dict) -> 
         stats = trainer.step(groups, learner_version=1)
         results.append((stats, [p.detach().full_tensor().clone() for p in trainer.policy.parameters()]))
     s0, w0 = results[0]
-    assert 0 < s0["is_masked_frac"] < 1, s0["is_masked_frac"]
+    if algo.get("decoupled_filter") != "zero":  # zero keeps rejected tokens in the mask, with weight 0
+        assert 0 < s0["is_masked_frac"] < 1, s0["is_masked_frac"]
     for s, w in results[1:]:
         assert s["loss"] == pytest.approx(s0["loss"], abs=1e-6)
         assert s["grad_norm"] == pytest.approx(s0["grad_norm"], rel=1e-5)
