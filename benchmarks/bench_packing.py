@@ -74,7 +74,8 @@ def worker(args: argparse.Namespace) -> None:
     from learner.rollouts import Rollouts, sample_lengths
 
     lengths = sample_lengths(Rollouts.from_groups(groups, 0))
-    mbs = trainer._chunks(Rollouts.from_groups(groups, 0))
+    ro = Rollouts.from_groups(groups, 0)
+    mbs = trainer._chunks(ro, list(range(len(ro.response_ids))))  # every sample: one mini-batch
     computed = 0
     for mb in mbs:
         ls = [lengths[i] for i in mb]

@@ -173,12 +173,17 @@ def learner_step(args: argparse.Namespace, model_dir: Path, device: str, peak_tf
     matmul_params = n_params - embed.numel()
     tps = tokens / step_s
     out = {"params": n_params, "matmul_params": matmul_params, "load_s": load_s,
-           "tokens_per_step": tokens, "micro_batches": len(trainer._chunks(_rollouts(groups))),
+           "tokens_per_step": tokens, "micro_batches": _micro_batches(trainer, _rollouts(groups)),
            "step_s_median": step_s, "step_s_all": times, "tokens_per_s": tps,
            "model_tflops": 6 * matmul_params * tps / 1e12, "loss": stats.get("loss"),
            "grad_norm": stats.get("grad_norm")}
     out["mfu"] = out["model_tflops"] / peak_tflops
     return out, model, tok
+
+
+def _micro_batches(trainer: Any, ro: Any) -> int:
+    """How many micro-batches the Trainer cuts the whole batch into (one PPO mini-batch)."""
+    return len(trainer._chunks(ro, list(range(len(ro.response_ids)))))
 
 
 def _rollouts(groups: list) -> Any:
