@@ -256,11 +256,19 @@ class AlgorithmSection(_Section):
         "step's first update (one no-grad pass when learner.ppo_mini_batches or ppo_epochs > 1); behaviour = "
         "the generator's log-probs (veRL bypass mode: the ratio and clip are taken against the behaviour "
         "policy and `correction` sees ratio 1).")
+    distill_teacher: Path | None = Field(
+        None, description="On-policy distillation: an HF model directory sharing the policy's tokenizer; each "
+        "sampled token earns distill_coef * (log p_teacher - log p_student) in the token rewards.")
+    distill_coef: float = Field(1.0, ge=0, description="Weight of the per-token distillation reward.")
+    distill_task_weight: float = Field(1.0, ge=0, description="Weight of the task (reward function) score "
+                                       "when distilling; 0 = distillation alone.")
 
     @model_validator(mode="after")
     def _check_correction(self) -> "AlgorithmSection":
         if self.is_lower > self.is_upper:
             raise ValueError(f"algorithm.is_lower={self.is_lower} exceeds algorithm.is_upper={self.is_upper}")
+        if self.distill_teacher is None and self.distill_task_weight != 1.0:
+            raise ValueError("algorithm.distill_task_weight is set but algorithm.distill_teacher is not")
         _warn_implicit_corrections(self)
         return self
 

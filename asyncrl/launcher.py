@@ -107,6 +107,8 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
     require_model_dir(cfg.model.path, "model.path")
+    if cfg.algorithm.distill_teacher is not None:
+        _check_teacher(cfg.algorithm.distill_teacher, cfg.model.path)
     from asyncrl.placement import make_plan
     from asyncrl.procplan import check_model_fits
 
@@ -125,6 +127,26 @@ def check_inputs(cfg: RunConfig) -> None:
                 load_prompts(path)
             except DataError as e:
                 raise DataError(f"{key}: {e}") from None
+
+
+def _check_teacher(teacher: Path, student: Path) -> None:
+    """Distillation compares log-probs token by token: the teacher must use the policy's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from asyncrl.data.schema import DataError, require_model_dir
+
+    require_model_dir(teacher, "algorithm.distill_teacher")
+    vocab: dict[str, dict[str, int]] = {}
+    for key, path in (("algorithm.distill_teacher", teacher), ("model.path", student)):
+        try:
+            vocab[key] = AutoTokenizer.from_pretrained(path).get_vocab()
+        except Exception as e:  # missing or unreadable tokenizer files
+            raise DataError(f"{key}: no usable tokenizer in {path}: {e}") from None
+    t, s = vocab["algorithm.distill_teacher"], vocab["model.path"]
+    if t != s:
+        differ = sorted(set(t.items()) ^ set(s.items()), key=str)[:3]
+        raise DataError(f"algorithm.distill_teacher: {teacher} has a different tokenizer from model.path {student} "
+                        f"({len(t)} vs {len(s)} tokens; e.g. {differ}); distillation needs the same vocabulary")
 
 
 def _check_transport(cfg: RunConfig) -> None:

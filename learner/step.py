@@ -1,9 +1,10 @@
 """One learner step on scored groups, for every algorithm in the config's [algorithm].
 
-Phase A (no grad): reference log-probs, critic values and the PPO old log-probs where
-needed, token rewards (outcome on the last token, DAPO overlong penalty, optional
-KL-in-reward), advantages over the whole batch. Phase B: the PPO schedule of
-:mod:`learner.ppo` (``ppo_mini_batches x ppo_epochs`` optimiser steps), each a
+Phase A (no grad): reference and teacher log-probs, critic values and the PPO old
+log-probs where needed, token rewards (outcome on the last token, DAPO overlong penalty,
+optional KL-in-reward and distillation term, :mod:`learner.distill`), advantages over the
+whole batch. Phase B: the PPO schedule of :mod:`learner.ppo` (``ppo_mini_batches x
+ppo_epochs`` optimiser steps), each a
 micro-batched forward/backward with the chosen policy loss, off-policy correction and
 optional entropy/KL-loss terms, then the optimiser step. The LR schedule steps once per
 learner step (as veRL's), so warm-up counts batches.
@@ -36,6 +37,7 @@ from learner.algo import entropy_from_logits, token_logprobs
 from learner.batch import TrainBatch, build_batch
 from learner.critic import ValueModel
 from learner.dapo import overlong_penalty
+from learner.distill import distill_rewards
 from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
 from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.offpolicy import correction, staleness_weights
@@ -84,6 +86,7 @@ class Trainer:
     reference: PreTrainedModel | None = None
     critic: ValueModel | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
+    teacher: PreTrainedModel | None = None  # on-policy distillation (learner.distill)
 
     def __post_init__(self) -> None:
         a, warmup = self.algo, self.learner.warmup_steps
@@ -123,13 +126,14 @@ class Trainer:
                               enabled=autocast_bf16_ok(self.learner.autocast_bf16, self.device.type))
 
     @torch.no_grad()
-    def _phase_a(self, ro: Rollouts, old: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """``[N, T]`` reference log-probs, critic values and (``old``) policy log-probs, each
-        None when not needed."""
+    def _phase_a(self, ro: Rollouts, old: bool) -> dict[str, Tensor]:
+        """``[N, T]`` reference log-probs (``ref``), critic values (``values``), (``old``) policy
+        log-probs and teacher log-probs (``teacher``), each absent when not needed."""
         N, T = ro.mask.shape
         models = {"ref": (self.reference, lambda m, tb: policy_forward(m, tb, self.temperature)[0]),
                   "values": (self.critic, lambda m, tb: m(tb)),
-                  "old": (self.policy if old else None, lambda m, tb: policy_forward(m, tb, self.temperature)[0])}
+                  "old": (self.policy if old else None, lambda m, tb: policy_forward(m, tb, self.temperature)[0]),
+                  "teacher": (self.teacher, lambda m, tb: policy_forward(m, tb, self.temperature)[0])}
         grids = {k: torch.zeros(N, T) for k, (m, _) in models.items() if m is not None}
         for idx in self._chunks(ro, list(range(N))) if grids else []:
             tb = self._batch(ro, idx)
@@ -140,12 +144,12 @@ class Trainer:
                     if idx:
                         grid[idx] = out
         # each rank filled its own rows (zeros elsewhere): a sum gives every rank the whole grid
-        full = {k: self._all_reduce(g) for k, g in grids.items()}
-        return full.get("ref"), full.get("values"), full.get("old")
+        return {k: self._all_reduce(g) for k, g in grids.items()}
 
-    def _token_rewards(self, ro: Rollouts, ref: Tensor | None, stats: dict[str, float]) -> Tensor:
+    def _token_rewards(self, ro: Rollouts, ref: Tensor | None, teacher: Tensor | None,
+                       stats: dict[str, float]) -> Tensor:
         a = self.algo
-        scores = ro.scores.clone()
+        scores = ro.scores * a.distill_task_weight if teacher is not None else ro.scores.clone()
         if a.overlong_buffer:
             pen = overlong_penalty(ro.lengths, self.max_new_tokens, a.overlong_buffer, a.overlong_factor)
             stats["overlong_penalty_mean"] = float(pen.mean())
@@ -158,6 +162,9 @@ class Trainer:
             rewards = rewards - self.kl_ctrl.value * kl
             stats.update(kl_reward=kl_mean, kl_coef=self.kl_ctrl.value)
             self.kl_ctrl.update(kl_mean, len(ro.prompt_ids))
+        if teacher is not None:
+            term, stats["distill_reverse_kl"] = distill_rewards(ro.behaviour, teacher, ro.mask, a.distill_coef)
+            rewards = rewards + term
         return rewards
 
     def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
@@ -165,8 +172,9 @@ class Trainer:
         a, lr = self.algo, self.learner
         ro = Rollouts.from_groups(groups, learner_version)
         stats: dict[str, float] = {}
-        ref, values, old = self._phase_a(ro, old=old_source(lr, a) == "pass")
-        rewards = self._token_rewards(ro, ref, stats)
+        pre = self._phase_a(ro, old=old_source(lr, a) == "pass")
+        ref, values, old = pre.get("ref"), pre.get("values"), pre.get("old")
+        rewards = self._token_rewards(ro, ref, pre.get("teacher"), stats)
         adv, returns = get_estimator(a.advantage)(
             rewards, ro.mask, index=ro.index, values=values, baselines=ro.baselines, gamma=a.gamma,
             lam=a.lam, norm_by_std=a.norm_adv_by_std, eps=a.adv_eps)

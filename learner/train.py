@@ -21,6 +21,7 @@ from asyncrl.metrics import MetricsLogger
 from learner.advantages import needs_baseline, needs_values
 from learner.critic import load_critic
 from learner.dapo import groups_with_signal
+from learner.distill import load_teacher
 from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 from learner.io import LearnerIO
 from learner.model import init_distributed, load_policy, save_hf
@@ -97,7 +98,7 @@ class LearnerRank:
             critic = load_critic(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
             critic_opt = torch.optim.AdamW(critic.parameters(), lr=a.critic_lr, betas=lr.betas)
         return Trainer(self.model, opt, lr, a, self.pad_id, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                       reference=reference, critic=critic, critic_optimizer=critic_opt)
+                       reference=reference, critic=critic, critic_optimizer=critic_opt, teacher=load_teacher(cfg))
 
     def follow(self) -> None:
         """Ranks 1..K-1: do what rank 0 says until it says stop."""
