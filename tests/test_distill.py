@@ -104,6 +104,7 @@ def test_teacher_with_another_tokenizer_exits_2(tiny_model_dir: Path, teacher_di
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~150 s (an SFT teacher, then 20 steps): make test-all; the golden test above is in make test
 def test_distillation_lowers_reverse_kl(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The teacher: the tiny model after 40 `asyncrl sft` steps on worked arithmetic answers.
     Distillation alone (task weight 0), 20 learner steps through `asyncrl up`."""

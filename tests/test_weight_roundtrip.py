@@ -94,8 +94,10 @@ def _expected_path(dtype: str) -> str | None:
 
 
 @pytest.mark.parametrize(("dtype", "tied", "tp", "apply"), [
-    # TP 1 fp32 takes the same reload path as tp2-fp32-reload below (rank offset 0): make test-all
-    pytest.param("float32", True, 1, "auto", marks=pytest.mark.extended), ("bfloat16", True, 1, "auto"),
+    # TP 1 takes the same paths as the TP 2 cases below (rank offset 0): make test-all runs them
+    pytest.param("float32", True, 1, "auto", marks=pytest.mark.extended),
+    # bf16 at TP 1: in-place on CPUs without native bf16, else the reload path tp2-fp32-reload runs
+    pytest.param("bfloat16", True, 1, "auto", marks=pytest.mark.extended),
     pytest.param("bfloat16", False, 1, "auto", marks=pytest.mark.extended),  # same path, untied head
     # Tensor parallel: every TP worker receives whole buckets and keeps its shard; both apply paths.
     ("float32", True, 2, "reload"), ("float16", True, 2, "inplace")],
