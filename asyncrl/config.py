@@ -53,7 +53,7 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    """Prompt data in veRL's parquet schema (see asyncrl.data.schema)."""
+    """Prompt data in veRL's parquet schema (see asyncrl.data.format)."""
 
     train: Path = Field(description="Training parquet file.")
     test: Path | None = Field(None, description="Validation parquet file (greedy scoring).")

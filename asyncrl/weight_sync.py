@@ -9,7 +9,7 @@ same buckets from it with :func:`plan_buckets`, so only raw tensor bytes cross t
 group: each bucket is one flat tensor in the generators' dtype, filled by a single
 casting copy. A one-rank learner packs every bucket before announcing the sync, so generators
 pause only for the broadcast and their in-place reload; a K-rank learner streams the same
-buckets as it gathers them (``learner/stream_sync.py``).
+buckets as it gathers them (``learner/fsdp/stream_sync.py``).
 
 Every wait has a timeout and fails with :class:`WeightSyncTimeout` naming the side that
 did not arrive: the ranks missing at the rendezvous, or the bucket a broadcast stalled on.

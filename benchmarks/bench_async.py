@@ -68,7 +68,7 @@ def main() -> None:
             args.seconds = min(args.seconds, 25.0) if args.smoke else args.seconds
             sets += tiny_sets(tmp_path)
         elif not Path("data/arith/train.parquet").is_file():
-            from asyncrl.data.arith import write_arith
+            from cli.data.arith import write_arith
 
             write_arith(Path("data/arith"))
         sets += ["learner.save_final=false", "learner.val_every=0"]

@@ -48,8 +48,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from asyncrl.config import validate_config
-    from learner.memory import peak_rss_mb
-    from learner.model import load_policy
+    from learner.fsdp.memory import peak_rss_mb
+    from learner.fsdp.model import load_policy
     from learner.step import Trainer
 
     torch.set_num_threads(args.threads) if args.threads else None

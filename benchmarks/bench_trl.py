@@ -88,11 +88,11 @@ def main() -> None:
         sys.exit("bench_trl: the `trl` package is not installed; pip install -e '.[bench]'")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        from asyncrl.data.arith import write_arith
+        from cli.data.arith import write_arith
 
         train, test = write_arith(tmp_path / "data", n_train=400, n_test=16)
         if args.smoke:
-            from asyncrl.models.tiny import write_tiny_model
+            from cli.model.tiny import write_tiny_model
 
             model, args.steps, args.n, args.prompts, args.max_new_tokens = write_tiny_model(tmp_path / "tiny"), 2, 4, 2, 16
         else:

@@ -273,7 +273,7 @@ def main() -> None:
         model, dtype = (SMOLLM2, "bfloat16") if (SMOLLM2 / "config.json").is_file() and not args.smoke else (None, "float32")
         with tempfile.TemporaryDirectory() as tmp:
             if model is None:
-                from asyncrl.models.tiny import write_tiny_model
+                from cli.model.tiny import write_tiny_model
 
                 model = write_tiny_model(Path(tmp) / "tiny")
             load_before = os.getloadavg()[0]
@@ -285,11 +285,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        from asyncrl.data.arith import write_arith
+        from cli.data.arith import write_arith
 
         train, test = write_arith(tmp_path / "data", n_train=400, n_test=8)
         if args.smoke or not (SMOLLM2 / "config.json").is_file():
-            from asyncrl.models.tiny import write_tiny_model
+            from cli.model.tiny import write_tiny_model
 
             model, config, dtype, dtype_bytes = write_tiny_model(tmp_path / "tiny"), "tiny_cpu.toml", "float32", 4
             args.syncs = min(args.syncs, 4) if args.smoke else args.syncs

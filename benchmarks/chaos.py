@@ -94,7 +94,7 @@ def schedule(rng: random.Random, steps: int, kills: dict[str, int], checkpoint_e
 def accounting(run_dir: Path, train: Path, seed: int) -> dict[str, Any]:
     """Trained prompts vs the dispatcher's data position in the final checkpoint."""
     from asyncrl.data.dataset import load_prompts
-    from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+    from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 
     steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "reward_mean" in r]
     trained = [p for r in steps for p in r["prompt_ids"]]

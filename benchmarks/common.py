@@ -20,15 +20,15 @@ def pick_model(arg: str | None, smoke: bool, tmp: Path) -> Path:
         return Path(arg)
     if not smoke and (SMOLLM2 / "config.json").is_file():
         return SMOLLM2
-    from asyncrl.models.tiny import write_tiny_model
+    from cli.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp / "tiny")
 
 
 def tiny_sets(tmp: Path) -> list[str]:
     """Overrides running a config on a fresh tiny model and small arithmetic data under ``tmp``."""
-    from asyncrl.data.arith import write_arith
-    from asyncrl.models.tiny import write_tiny_model
+    from cli.data.arith import write_arith
+    from cli.model.tiny import write_tiny_model
 
     train, test = write_arith(tmp / "data", n_train=400, n_test=16)
     return [f"model.path={write_tiny_model(tmp / 'tiny')}", f"data.train={train}", f"data.test={test}"]

@@ -7,7 +7,7 @@ process and one run:
 
 1. the GPU's bf16 matmul peak (``n x n @ n x n`` in a loop), the yardstick for MFU;
 2. the real learner step (:class:`learner.step.Trainer`: GRPO advantages, PPO loss, backward,
-   clip, AdamW) on a random ~0.9B Llama loaded by :func:`learner.model.load_policy` (FSDP2,
+   clip, AdamW) on a random ~0.9B Llama loaded by :func:`learner.fsdp.model.load_policy` (FSDP2,
    world size 1, bf16 mixed precision with fp32 master weights, packed rows): tokens/s and
    MFU = 6 x matmul params x tokens/s / measured peak (attention FLOPs not counted);
 3. packed rows give the same log-probs as padded rows on this device (max |difference|);
@@ -103,7 +103,7 @@ def write_model(out: Path, shape: dict[str, int], seed: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from asyncrl.models.tiny import build_char_tokenizer
+    from cli.model.tiny import build_char_tokenizer
 
     cfg = LlamaConfig(**shape, head_dim=shape["hidden_size"] // shape["num_attention_heads"],
                       tie_word_embeddings=False, rms_norm_eps=1e-5)
@@ -142,7 +142,7 @@ def learner_step(args: argparse.Namespace, model_dir: Path, device: str, peak_tf
     import torch
 
     from asyncrl.config import validate_config
-    from learner.model import load_policy
+    from learner.fsdp.model import load_policy
     from learner.step import Trainer
 
     cfg = validate_config({
@@ -216,7 +216,7 @@ def sync_packing(model: Any, device: str, bucket_mb: int) -> dict[str, Any]:
     import torch
 
     from asyncrl.weight_sync import SyncGroup, broadcast_packed, default_backend, pack_state, plan_buckets, tensor_metas
-    from learner.model import broadcast_items, sync_state_dict
+    from learner.fsdp.model import broadcast_items, sync_state_dict
 
     items = broadcast_items(model, sync_state_dict(model))
     bucket, buffers, secs = bucket_mb << 20, [], []
@@ -251,7 +251,7 @@ def memory(device: str, out: Path) -> dict[str, Any]:
     import torch
 
     if device != "cuda":
-        from learner.memory import peak_rss_mb
+        from learner.fsdp.memory import peak_rss_mb
 
         return {"peak_rss_mib": peak_rss_mb()}
     out.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, connect_store, pack_state,  # noqa: E402
                                  receive_state)
-from learner.model import broadcast_items, full_state_dict, load_policy  # noqa: E402
-from learner.ranks import RankChannel  # noqa: E402
-from learner.stream_sync import PackedSource, follow_sync, sync_params, sync_source  # noqa: E402
+from learner.fsdp.model import broadcast_items, full_state_dict, load_policy  # noqa: E402
+from learner.fsdp.ranks import RankChannel  # noqa: E402
+from learner.fsdp.stream_sync import PackedSource, follow_sync, sync_params, sync_source  # noqa: E402
 
 HOST = "127.0.0.1"
 

@@ -17,7 +17,9 @@ app = typer.Typer(help="asyncrl: asynchronous RL post-training for LLMs (vLLM ge
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 try:  # sub-apps (data preparation, model tools, cluster deployment)
-    from cli import data as _data, deploy as _deploy, model as _model
+    from cli.data import commands as _data
+    from cli.deploy import commands as _deploy
+    from cli.model import commands as _model
     app.add_typer(_data.app, name="data", help="Prepare datasets (veRL parquet schema).")
     app.add_typer(_model.app, name="model", help="Create or import model directories.")
     app.add_typer(_deploy.app, name="deploy", help="Render a run for Slurm (sbatch script) or Kubernetes.")
@@ -45,7 +47,7 @@ def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
 
 def _run(role: str, fn: Callable[[], object]) -> None:
     """The one error handler per process: bad input → exit 2, failures → exit 1."""
-    from asyncrl.data.schema import DataError
+    from asyncrl.data.format import DataError
     from asyncrl.curve import CurveError
     from asyncrl.errors import CheckpointError, PeerMissing
     from asyncrl.placement import PlacementError
@@ -85,7 +87,8 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, overrides = _load(config, set_, run_dir, max_steps, resume)
         _setup_logging("up", cfg)
-        from asyncrl.launcher import check_inputs, run_up
+        from asyncrl.launcher import run_up
+        from cli.preflight import check_inputs
         check_inputs(cfg)
         if dry_run:
             from asyncrl.procplan import describe_plan
@@ -162,7 +165,7 @@ def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/
         from asyncrl.train_config import SFTConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=SFTConfig)
         _setup_logging("sft", cfg)
-        from learner.sft import main
+        from learner.supervised.sft import main
         main(cfg)
     _run("sft", go)
 
@@ -177,7 +180,7 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
         from asyncrl.train_config import RMConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=RMConfig)
         _setup_logging("rm-train", cfg)
-        from learner.rm_train import main
+        from learner.supervised.rm_train import main
         main(cfg)
     _run("rm-train", go)
 

@@ -18,7 +18,7 @@ Alignment convention, used by every tensor of width ``L - 1``: position ``t`` ho
 quantities for predicting ``input_ids[t + 1]`` from the prefix up to ``t``. For a sample
 with prompt length ``p`` and response length ``r`` at offset ``o``, the response targets
 sit at positions ``o + p - 1 .. o + p + r - 2``. Feed ``model(...).logits[:, :-1]`` and
-``targets`` to :func:`learner.algo.token_logprobs` to get logprobs on that grid.
+``targets`` to :func:`learner.algo.logprobs.token_logprobs` to get logprobs on that grid.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Phase A (no grad): reference and teacher log-probs, critic values and the PPO old
 log-probs where needed, token rewards (outcome on the last token, DAPO overlong penalty,
-optional KL-in-reward and distillation term, :mod:`learner.distill`), advantages over the
-whole batch. Phase B: the PPO schedule of :mod:`learner.ppo` (``ppo_mini_batches x
+optional KL-in-reward and distillation term, :mod:`learner.algo.distill`), advantages over the
+whole batch. Phase B: the PPO schedule of :mod:`learner.algo.ppo` (``ppo_mini_batches x
 ppo_epochs`` optimiser steps), each a
 micro-batched forward/backward with the chosen policy loss, off-policy correction and
 optional entropy/KL-loss terms, then the optimiser step. The LR schedule steps once per
@@ -32,18 +32,18 @@ from transformers import PreTrainedModel
 
 from asyncrl.config import AlgorithmSection, LearnerSection
 from asyncrl.hardware import autocast_bf16_ok
-from learner.advantages import get_estimator
-from learner.algo import entropy_from_logits, token_logprobs
+from learner.algo.advantages import get_estimator
+from learner.algo.logprobs import entropy_from_logits, token_logprobs
 from learner.batch import TrainBatch, build_batch
-from learner.critic import ValueModel
-from learner.dapo import overlong_penalty
-from learner.distill import distill_rewards
-from learner.kl import AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
-from learner.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
-from learner.offpolicy import correction, staleness_weights
-from learner.memory import peak_rss_mb, rss_mb
+from learner.fsdp.critic import ValueModel
+from learner.algo.dapo import overlong_penalty
+from learner.algo.distill import distill_rewards
+from learner.algo.kl import AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
+from learner.algo.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
+from learner.algo.offpolicy import correction, staleness_weights
+from learner.fsdp.memory import peak_rss_mb, rss_mb
 from learner.microbatch import rank_micro_batches
-from learner.ppo import Accumulator, PreparedBatch, mean_over_updates, mini_batches, old_source, scale_grads
+from learner.algo.ppo import Accumulator, PreparedBatch, mean_over_updates, mini_batches, old_source, scale_grads
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
@@ -86,7 +86,7 @@ class Trainer:
     reference: PreTrainedModel | None = None
     critic: ValueModel | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
-    teacher: PreTrainedModel | None = None  # on-policy distillation (learner.distill)
+    teacher: PreTrainedModel | None = None  # on-policy distillation (learner.algo.distill)
 
     def __post_init__(self) -> None:
         a, warmup = self.algo, self.learner.warmup_steps

@@ -18,18 +18,18 @@ from asyncrl import messages
 from asyncrl.config import RunConfig, dump_config
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
-from learner.advantages import needs_baseline, needs_values
-from learner.critic import load_critic
-from learner.dapo import groups_with_signal
-from learner.distill import load_teacher
-from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
-from learner.io import LearnerIO
-from learner.model import init_distributed, load_policy, save_hf
-from learner.checkpoint import Checkpointer, CheckpointError
-from learner.ranks import RankChannel, parse_step, step_payload
+from learner.algo.advantages import needs_baseline, needs_values
+from learner.fsdp.critic import load_critic
+from learner.algo.dapo import groups_with_signal
+from learner.algo.distill import load_teacher
+from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+from learner.orchestrator.io import LearnerIO
+from learner.fsdp.model import init_distributed, load_policy, save_hf
+from learner.fsdp.checkpoint import Checkpointer, CheckpointError
+from learner.fsdp.ranks import RankChannel, parse_step, step_payload
 from learner.step import Trainer
-from learner.stream_sync import SyncSource, follow_sync, sync_source
-from learner.syncer import WeightSyncer
+from learner.fsdp.stream_sync import SyncSource, follow_sync, sync_source
+from learner.orchestrator.syncer import WeightSyncer
 
 log = logging.getLogger("learner")
 _CHANGED = object()  # a wait predicate's answer: the generators' membership changed

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from learner.model import full_state_dict  # noqa: E402
+from learner.fsdp.model import full_state_dict  # noqa: E402
 from tests.test_step import _groups, _trainer  # noqa: E402
 
 

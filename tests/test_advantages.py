@@ -1,4 +1,4 @@
-"""Golden-value tests for learner.advantages and learner.dapo.
+"""Golden-value tests for learner.algo.advantages and learner.algo.dapo.
 
 Every expected value is recomputed here with plain Python floats and loops, from the
 paper formula, independently of the implementation:
@@ -16,9 +16,9 @@ import math
 import pytest
 import torch
 
-from learner.advantages import (ADVANTAGE_ESTIMATORS, get_estimator, needs_baseline,
+from learner.algo.advantages import (ADVANTAGE_ESTIMATORS, get_estimator, needs_baseline,
                                 needs_values)
-from learner.dapo import groups_with_signal, overlong_penalty
+from learner.algo.dapo import groups_with_signal, overlong_penalty
 
 # 4 samples x 3 tokens. Outcome reward on the last valid token plus small per-token
 # terms (as an in-reward KL penalty would add). Samples 0-2 share a prompt, 3 is alone.

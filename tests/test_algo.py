@@ -1,11 +1,11 @@
-"""learner.algo: log-probs and entropies from logits against plain references."""
+"""learner.algo.logprobs: log-probs and entropies from logits against plain references."""
 
 import math
 
 import pytest
 import torch
 
-from learner.algo import entropy_from_logits, token_logprobs
+from learner.algo.logprobs import entropy_from_logits, token_logprobs
 
 
 def test_token_logprobs_matches_log_softmax_and_bf16_path():

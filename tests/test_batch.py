@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learner.algo import token_logprobs
+from learner.algo.logprobs import token_logprobs
 from learner.batch import build_batch
 
 PROMPTS = [[1, 2, 3], [4], [5, 6]]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from asyncrl.errors import CheckpointError
-from learner.checkpoint import Checkpointer, verify
-from learner.model import load_policy
+from learner.fsdp.checkpoint import Checkpointer, verify
+from learner.fsdp.model import load_policy
 
 
 def _trained(model_dir: Path, steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -65,7 +65,7 @@ def test_round_trip_rotation_and_corruption(tiny_model_dir: Path, tmp_path: Path
 def test_sync_state_dict_is_the_full_state_without_a_copy(tiny_model_dir: Path) -> None:
     """One learner rank: the weight sync reads the live (trained) parameters directly; names,
     shapes and values equal the gathered full state dict."""
-    from learner.model import full_state_dict, sync_state_dict
+    from learner.fsdp.model import full_state_dict, sync_state_dict
 
     model, _ = _trained(tiny_model_dir, 2)
     full, live = full_state_dict(model), sync_state_dict(model)

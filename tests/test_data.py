@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from asyncrl.data.arith import write_arith
+from cli.data.arith import write_arith
 from asyncrl.data.dataset import PromptRow, load_prompts
-from asyncrl.data.gsm8k import INSTRUCTION, convert_gsm8k
-from asyncrl.data.schema import DataError
+from cli.data.gsm8k import INSTRUCTION, convert_gsm8k
+from asyncrl.data.format import DataError
 from reward.functions import arith as arith_reward
 
 GSM8K_ROWS = [
@@ -172,7 +172,7 @@ def test_load_prompts_errors_name_file_and_column(tmp_path: Path) -> None:
 
 
 def test_data_cli_writes_and_reports_errors(tmp_path: Path) -> None:
-    from cli.data import app
+    from cli.data.commands import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["arith", "--out", str(tmp_path / "a"), "--n-train", "10", "--n-test", "5"])

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from asyncrl.data.custom import convert_custom
+from cli.data.custom import convert_custom
 from asyncrl.data.dataset import load_prompts
-from asyncrl.data.filter import LengthFilter, make_filter
-from asyncrl.data.inspect import inspect_file
-from asyncrl.data.math import DATA_SOURCE, INSTRUCTION, convert_math
-from asyncrl.data.schema import DataError
-from cli.data import app
+from cli.data.filter import LengthFilter, make_filter
+from cli.data.inspect import inspect_file
+from cli.data.math import DATA_SOURCE, INSTRUCTION, convert_math
+from asyncrl.data.format import DataError
+from cli.data.commands import app
 from reward.functions import default_reward_name, get_reward_fn
 
 MATH_ROWS = [
@@ -33,7 +33,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from asyncrl.models.tiny import build_char_tokenizer
+    from cli.model.tiny import build_char_tokenizer
 
     path = tmp_path_factory.mktemp("tok")
     build_char_tokenizer().save_pretrained(path)  # one token per character, ChatML template
@@ -244,7 +244,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], me
 def test_arith_sft_and_preference_files(tmp_path):
     import pyarrow.parquet as pq
 
-    from asyncrl.data.arith import write_arith_supervised
+    from cli.data.arith import write_arith_supervised
     from reward.functions import get_reward_fn
 
     score = get_reward_fn("arith")

@@ -7,8 +7,8 @@ import random
 import pyarrow as pa
 import pytest
 
-from learner.buffer import GroupBuffer
-from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+from learner.orchestrator.buffer import GroupBuffer
+from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
 
 PROMPTS = [TokenizedPrompt(i, [1, 2, i], "arith", str(i)) for i in range(10)]
 
@@ -128,7 +128,7 @@ def test_state_and_restore_redispatch_outstanding_prompts_first() -> None:
 
 
 def test_seeds_depend_on_prompt_and_epoch_only() -> None:
-    from learner.dispatcher import prompt_seed
+    from learner.orchestrator.dispatcher import prompt_seed
 
     assert prompt_seed(0, 0, 5) == prompt_seed(0, 0, 5)
     assert len({prompt_seed(0, 0, 5), prompt_seed(0, 1, 5), prompt_seed(1, 0, 5), prompt_seed(0, 0, 6)}) == 4

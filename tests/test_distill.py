@@ -1,4 +1,4 @@
-"""On-policy distillation (learner.distill): golden token rewards and advantages against a
+"""On-policy distillation (learner.algo.distill): golden token rewards and advantages against a
 teacher scored here with a plain HF forward, the tokenizer check (exit 2), and a tiny
 `asyncrl up` run whose reverse KL to an `asyncrl sft` teacher falls."""
 
@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from asyncrl.config import ConfigError, load_config, validate_config
-from asyncrl.models.tiny import write_tiny_model
+from cli.model.tiny import write_tiny_model
 from tests.e2e import REPO, read_metrics, run_cli, run_up
 from tests.test_step import _groups, _trainer
 
@@ -88,7 +88,7 @@ def test_task_weight_needs_a_teacher() -> None:
 
 
 def test_teacher_with_another_tokenizer_exits_2(tiny_model_dir: Path, teacher_dir: Path, tmp_path: Path) -> None:
-    from asyncrl.launcher import _check_teacher
+    from cli.preflight import _check_teacher
 
     _check_teacher(teacher_dir, tiny_model_dir)  # same tokenizer: passes
     other = tmp_path / "other"
@@ -108,7 +108,7 @@ def test_teacher_with_another_tokenizer_exits_2(tiny_model_dir: Path, teacher_di
 def test_distillation_lowers_reverse_kl(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The teacher: the tiny model after 40 `asyncrl sft` steps on worked arithmetic answers.
     Distillation alone (task weight 0), 20 learner steps through `asyncrl up`."""
-    from asyncrl.data.arith import write_arith, write_arith_supervised
+    from cli.data.arith import write_arith, write_arith_supervised
 
     draw = dict(n_train=400, n_test=32, min_value=0, max_value=20, ops="+", seed=0)
     sft_train, sft_test = write_arith_supervised(tmp_path / "arith_sft", "sft", **draw)

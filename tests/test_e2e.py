@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def arith_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     out = tmp_path_factory.mktemp("data") / "arith"
     write_arith(out, n_train=400, n_test=32, seed=0)

@@ -82,7 +82,7 @@ def _start_up(run_dir: Path, sets: list[str], max_steps: int) -> subprocess.Pope
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> list[str]:
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     train, test = write_arith(tmp_path_factory.mktemp("data"), n_train=400, n_test=16)
     return [f"model.path={tiny_model_dir}", f"data.train={train}", f"data.test={test}"]

@@ -1,4 +1,4 @@
-"""Golden-value tests for learner.kl and learner.offpolicy, references in plain floats.
+"""Golden-value tests for learner.algo.kl and learner.algo.offpolicy, references in plain floats.
 
 * k1/k2/k3 KL estimators: Schulman 2020, "Approximating KL divergence" (k3 clamp as veRL).
 * Adaptive KL controller: Ziegler et al. 2019 (arXiv 1909.08593), as veRL.
@@ -20,9 +20,9 @@ import math
 import pytest
 import torch
 
-from learner.kl import KL_BASE_KINDS, AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
-from learner.losses import ppo_loss
-from learner.offpolicy import CORRECTION_MODES, correction, staleness_weights
+from learner.algo.kl import KL_BASE_KINDS, AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
+from learner.algo.losses import ppo_loss
+from learner.algo.offpolicy import CORRECTION_MODES, correction, staleness_weights
 
 LP = [[-1.0, -0.2, -3.0], [-0.5, -2.0, -0.1]]
 REF = [[-1.3, -0.2, -1.0], [-0.9, -1.5, -0.6]]

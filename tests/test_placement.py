@@ -135,7 +135,7 @@ def test_tp_must_divide_heads(tiny_model_dir: Path) -> None:
 
 
 def test_dry_run_prints_plan_and_refuses_bad_placement(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     write_arith(tmp_path / "arith", n_train=8, n_test=4, seed=0)
     base = [sys.executable, "-m", "cli.main", "up", "configs/tiny_cpu.toml", "--dry-run",

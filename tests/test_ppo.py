@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from asyncrl.config import ConfigError, validate_config
-from learner.ppo import mini_batches, old_source
+from learner.algo.ppo import mini_batches, old_source
 from tests.test_step import _groups, _trainer
 
 LR, CLIP_LOW, CLIP_HIGH, CAP = 1e-2, 0.2, 0.28, 2.0
@@ -156,7 +156,7 @@ def test_resume_between_steps_is_exact(tiny_model_dir, tmp_path) -> None:
     """2 mini-batches x 2 epochs, warm-up LR: a checkpoint after learner step 1 (a batch
     boundary: weights, Adam moments, LR schedule), restored into a fresh trainer, continues
     to the same weights as the run that never stopped."""
-    from learner.checkpoint import Checkpointer
+    from learner.fsdp.checkpoint import Checkpointer
 
     learner = {"lr": LR, "prompts_per_step": 2, "ppo_mini_batches": 2, "ppo_epochs": 2, "warmup_steps": 3}
     batches = [_groups(n_groups=2), _groups(n_groups=2, beh_noise=0.5)]

@@ -21,7 +21,7 @@ CONFIG = REPO / "configs" / "tiny_cpu.toml"
 
 @pytest.fixture(scope="module")
 def common(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     train, test = write_arith(tmp_path_factory.mktemp("data"), n_train=200, n_test=16, seed=0)
     # synchronous (max_staleness 0) so that each step's prompts do not depend on timing

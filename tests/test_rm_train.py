@@ -67,7 +67,7 @@ def test_export_scores_in_the_reward_worker(rm_run: Path, tiny_model_dir: Path) 
 
 def test_packed_and_padded_scores_agree(tiny_model_dir: Path, tmp_path: Path) -> None:
     from asyncrl.train_config import RMConfig
-    from learner.rm_train import RMTrainer
+    from learner.supervised.rm_train import RMTrainer
 
     pq.write_table(pa.Table.from_pylist(_pairs(8, 3)), tmp_path / "p.parquet")
     scores = []

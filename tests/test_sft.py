@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner.sft import encode_chat
+from learner.supervised.sft import encode_chat
 from tests.e2e import REPO, read_metrics, run_cli, run_up
 
 CONFIG = REPO / "configs" / "sft" / "tiny_sft.toml"
@@ -51,7 +51,7 @@ def test_assistant_tokens_only_are_targets(tiny_model_dir: Path) -> None:
 
 
 def test_messages_format_and_system_prompt(tmp_path: Path) -> None:
-    from asyncrl.data.schema import DataError
+    from asyncrl.data.format import DataError
     from asyncrl.data.supervised import load_sft
     from asyncrl.train_config import SFTData
 
@@ -84,7 +84,7 @@ def test_tiny_model_memorises_a_fixed_set(sft_run: Path, tiny_model_dir: Path) -
 @pytest.mark.slow
 def test_export_starts_an_rl_run(sft_run: Path, tmp_path: Path) -> None:
     """The SFT export is the ``model`` of an RL config: vLLM generators serve it, the learner trains it."""
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     train, test = write_arith(tmp_path / "data", n_train=32, n_test=8)
     res = run_up(REPO / "configs" / "tiny_cpu.toml", tmp_path / "rl",

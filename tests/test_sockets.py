@@ -10,8 +10,8 @@ import zmq
 
 from asyncrl import messages, schema
 from asyncrl.config import validate_config
-from learner.dispatcher import Dispatcher, Sampling, TokenizedPrompt
-from learner.io import LearnerIO
+from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
+from learner.orchestrator.io import LearnerIO
 from tests.conftest import free_port
 from tests.test_wire import _row
 

@@ -10,7 +10,7 @@ import torch
 
 from asyncrl import schema
 from asyncrl.config import validate_config
-from learner.model import load_policy
+from learner.fsdp.model import load_policy
 from learner.step import Trainer
 from tests.test_wire import _row
 

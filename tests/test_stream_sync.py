@@ -43,8 +43,8 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
 def test_two_ranks_stream_the_full_state_within_two_buckets(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from asyncrl.models.tiny import write_tiny_model
-    from learner.model import broadcast_items
+    from cli.model.tiny import write_tiny_model
+    from learner.fsdp.model import broadcast_items
 
     model = write_tiny_model(tmp_path / "model", hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=2,
                              intermediate_size=1024)  # 31.6 MB in fp32

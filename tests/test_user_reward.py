@@ -100,7 +100,7 @@ def _up(config: Path, function: str) -> subprocess.CompletedProcess:
 
 
 def test_up_with_bad_reward_function_exits_2(tmp_path: Path, tiny_model_dir: Path, user_file: Path) -> None:
-    from asyncrl.data.arith import write_arith
+    from cli.data.arith import write_arith
 
     train, _ = write_arith(tmp_path / "data", n_train=4, n_test=2)
     config = tmp_path / "run.toml"

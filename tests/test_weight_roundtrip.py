@@ -104,7 +104,7 @@ def _expected_path(dtype: str) -> str | None:
     ids=["fp32-tied", "bf16-tied", "bf16-untied", "tp2-fp32-reload", "tp2-fp16-inplace"])
 def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dtype: str, tied: bool, tp: int,
                                        apply: str) -> None:
-    from learner.model import broadcast_items
+    from learner.fsdp.model import broadcast_items
     from rollout.worker import build_engine
 
     port = free_port()

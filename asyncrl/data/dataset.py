@@ -1,6 +1,6 @@
-"""Load and validate a prompt parquet file (veRL's schema, see :mod:`asyncrl.data.schema`).
+"""Load and validate a prompt parquet file (veRL's schema, see :mod:`asyncrl.data.format`).
 
-Every problem raises :class:`~asyncrl.data.schema.DataError` naming the file and the
+Every problem raises :class:`~asyncrl.data.format.DataError` naming the file and the
 column (and row, where it applies), before any training starts. Accepted leniencies:
 ``prompt`` may be a plain string (it becomes one user message), ``ground_truth`` may be
 any scalar (it becomes a string; integral floats lose their ``.0``), and ``extra_info``
@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from asyncrl.data.schema import REQUIRED_COLUMNS, DataError
+from asyncrl.data.format import REQUIRED_COLUMNS, DataError
 
 
 @dataclass

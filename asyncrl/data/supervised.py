@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncrl.data.dataset import read_parquet, to_messages
-from asyncrl.data.schema import DataError, require_model_dir
+from asyncrl.data.format import DataError, require_model_dir
 from asyncrl.train_config import PreferenceData, SFTData
 
 Messages = list[dict[str, str]]

@@ -1,0 +1,178 @@
+"""``asyncrl data``: write prompt datasets in veRL's parquet schema, and inspect parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Prepare datasets (veRL parquet schema).", no_args_is_help=True, add_completion=False)
+
+SOURCE_HELP = "Local parquet/jsonl/json file, a directory with train*/test* files, or a hub id."
+OUT_HELP = "Directory for train.parquet and test.parquet."
+LIMIT_HELP = "Keep at most this many rows per split."
+SEED_HELP = "Shuffle seed when one file is split into train/test."
+FRACTION_HELP = "Test share when one file is split."
+MAX_TOKENS_HELP = "Drop prompts longer than this many tokens (chat template applied); needs --tokenizer."
+TOKENIZER_HELP = "Local Hugging Face tokenizer (or model) directory for --max-prompt-tokens."
+
+
+def _fail(command: str, exc: Exception) -> None:
+    typer.echo(f"asyncrl data {command}: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _report(paths: tuple[Path, Path], length_filter: object = None) -> None:
+    """Filter files already written (arith, gsm8k) when asked, then print one line per file."""
+    import pyarrow.parquet as pq
+
+    from cli.data.filter import filter_parquet
+
+    for path in paths:
+        note = ""
+        if length_filter is not None:
+            _, dropped = filter_parquet(path, length_filter)
+            note = f"; dropped {dropped} prompts over {length_filter.max_tokens} tokens"
+        typer.echo(f"wrote {path} ({pq.read_metadata(path).num_rows} rows{note})")
+
+
+def _reward_hint(data_source: str) -> None:
+    from reward.functions import UnknownRewardError, default_reward_name
+
+    try:
+        typer.echo(f"data_source {data_source!r} selects the {default_reward_name(data_source)!r} reward")
+    except UnknownRewardError:
+        typer.echo(f"note: data_source {data_source!r} has no default reward function; set reward.function "
+                   f"(a registered name, 'module:function' or 'path/to/file.py:function') in the run config")
+
+
+@app.command()
+def arith(
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    n_train: int = typer.Option(2000, help="Training prompts."),
+    n_test: int = typer.Option(200, help="Test prompts (disjoint from training where the space allows)."),
+    min_value: int = typer.Option(0, help="Smallest operand."),
+    max_value: int = typer.Option(20, help="Largest operand."),
+    ops: str = typer.Option("+", help="Operations to draw from, e.g. '+-*'."),
+    seed: int = typer.Option(0, help="Seed of the problem draw."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after the draw."),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    kind: str = typer.Option("rl", "--kind", help="rl: prompts + ground truth (veRL schema); sft: prompt + "
+                             "worked response; preference: prompt + chosen (right) + rejected (wrong answer)."),
+) -> None:
+    """Synthetic arithmetic ("What is 7 + 5?"), answered after '####'."""
+    from cli.data.arith import write_arith, write_arith_supervised
+    from cli.data.filter import make_filter
+
+    try:
+        draw = dict(n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value, ops=ops, seed=seed)
+        if kind != "rl":
+            if max_prompt_tokens is not None:
+                raise ValueError("--max-prompt-tokens applies to --kind rl only")
+            for p in write_arith_supervised(out, kind, **draw):
+                typer.echo(f"wrote {p}")
+            return
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        paths = write_arith(out, **draw)
+        _report(paths, length_filter)
+    except (ValueError, OSError) as exc:
+        _fail("arith", exc)
+
+
+@app.command()
+def gsm8k(
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after --limit."),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """Convert GSM8K (question/answer with '#### N') to veRL's schema, as veRL's preprocessor does."""
+    from cli.data.filter import make_filter
+    from cli.data.gsm8k import convert_gsm8k
+
+    try:
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        paths = convert_gsm8k(source, out, limit=limit, seed=seed, test_fraction=test_fraction)
+        _report(paths, length_filter)
+    except (ValueError, OSError) as exc:
+        _fail("gsm8k", exc)
+
+
+@app.command("math")
+def math_(
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP + " CSV/TSV files work too."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    data_source: str = typer.Option("DigitalLearningGmbH/MATH-lighteval", help="data_source of every row."),
+    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """Convert MATH / MATH-500 rows (problem, solution with \\boxed{}, optional answer) as veRL does."""
+    from cli.data.filter import make_filter
+    from cli.data.math import convert_math
+
+    try:
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        results = convert_math(source, out, data_source=data_source, limit=limit, seed=seed,
+                               test_fraction=test_fraction, length_filter=length_filter)
+    except (ValueError, OSError) as exc:
+        _fail("math", exc)
+    for result in results:
+        typer.echo(result.describe(length_filter))
+    _reward_hint(data_source)
+
+
+@app.command()
+def custom(
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP + " CSV/TSV files work too."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    prompt_column: str = typer.Option(..., help="Column with the prompt text (or a list of {role, content})."),
+    answer_column: str = typer.Option(..., help="Column with the ground truth for the reward."),
+    data_source: str = typer.Option("custom", help="data_source of every row (selects the reward function)."),
+    template: Optional[str] = typer.Option(
+        None, help="Prompt template with {prompt} (and optionally {COLUMN}); other braces are kept as written."
+    ),
+    system_prompt: Optional[str] = typer.Option(None, help="System message put before each prompt."),
+    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """Convert any jsonl/json/csv/tsv/parquet table with prompt and answer columns to veRL's schema."""
+    from cli.data.custom import convert_custom
+    from cli.data.filter import make_filter
+
+    try:
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        results = convert_custom(source, out, prompt_column=prompt_column, answer_column=answer_column,
+                                 data_source=data_source, template=template, system_prompt=system_prompt,
+                                 limit=limit, seed=seed, test_fraction=test_fraction, length_filter=length_filter)
+    except (ValueError, OSError) as exc:
+        _fail("custom", exc)
+    for result in results:
+        typer.echo(result.describe(length_filter))
+    _reward_hint(data_source)
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="A parquet file."),
+    rows: int = typer.Option(3, "--rows", help="How many rows to show."),
+) -> None:
+    """Print a parquet file's schema, row count, data_source counts and first rows; validate veRL prompt files."""
+    from cli.data.inspect import inspect_file
+
+    try:
+        report, problem = inspect_file(file, rows)
+    except (ValueError, OSError) as exc:
+        _fail("inspect", exc)
+    typer.echo(report)
+    if problem is not None:
+        _fail("inspect", ValueError(problem))

@@ -1,0 +1,41 @@
+"""A run config as TOML text: only the keys that differ from the defaults, sections in schema order.
+
+Enough TOML for what :class:`~asyncrl.config.RunConfig` holds (tables, strings, numbers,
+booleans, flat lists); the text reads back into an equal config::
+
+    text = config_toml(cfg)
+    assert validate_config(tomllib.loads(text)) == cfg
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from asyncrl.config import RunConfig
+from cli.deploy.common import DeployError
+
+
+def config_toml(cfg: RunConfig) -> str:
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
+    blocks = []
+    for section, values in data.items():
+        lines = [f"{key} = {_value(v, f'{section}.{key}')}" for key, v in values.items() if v is not None]
+        if lines:
+            blocks.append("\n".join([f"[{section}]"] + lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _value(v: Any, key: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x, key) for x in v) + "]"
+    raise DeployError(f"{key}: cannot be written as TOML ({type(v).__name__})")
