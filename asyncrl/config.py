@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from asyncrl.config_moved import ALIASES, RootRef, alias_of, move_aliases, moved
 
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,6 @@ class RolloutSection(_Section):
     """vLLM generators."""
 
     num_generators: int = Field(1, ge=1)
-    n: int = Field(4, ge=1, description="Samples per prompt (the GRPO group size).")
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="vLLM weights/compute (also the weight-sync dtype); auto: bfloat16 on GPUs and CPUs "
         "with native bf16 (AVX512-BF16/AMX), float32 elsewhere (bf16 is ~10x slower there).")
@@ -84,7 +82,50 @@ class RolloutSection(_Section):
         "auto", description="How generators apply a weight sync: inplace copies into the live parameters "
         "(fast; only correct when every layer computes from its weight parameter, checked at the first "
         "sync), reload uses vLLM's layer-wise reload_weights; auto: inplace where that check passes.")
+    _root: RootRef = PrivateAttr(default_factory=RootRef)
+    n = moved("rollout.n")
+    temperature = moved("rollout.temperature")
+    top_p = moved("rollout.top_p")
+    max_new_tokens = moved("rollout.max_new_tokens")
+    heartbeat_s = moved("rollout.heartbeat_s")
+    learner_timeout_s = moved("rollout.learner_timeout_s")
+
+
+class SamplingSection(_Section):
+    """How generators sample; the learner reads the same values (group size, log-prob temperature, length)."""
+
+    n: int = Field(4, ge=1, description="Samples per prompt (the GRPO group size).")
+    max_new_tokens: int = Field(64, ge=1, description="Response length limit (also DAPO's overlong L_max).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; the learner's log-probs are "
+                               "taken at the same temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class WeightSyncSection(_Section):
+    """The learner -> generators weight broadcast; the learner and every generator read it."""
+
+    address: str = Field("127.0.0.1:5570", description="host:port of the torch.distributed TCPStore of the "
+                         "sync group (the learner hosts it).")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Weight broadcast backend: auto is nccl with CUDA, else gloo. Use gloo when the "
+        "learner and a generator share a GPU (placement.allow_overlap): NCCL refuses two ranks on one GPU.")
+    bucket_mb: int = Field(64, ge=1, description="Weight-broadcast bucket size in MiB.")
+    timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
+
+    @model_validator(mode="after")
+    def _check_address(self) -> "WeightSyncSection":
+        parse_address(self.address)
+        return self
+
+
+class LivenessSection(_Section):
+    """Heartbeats between generators and the learner, and how long each side waits for the other."""
+
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a generator's heartbeats to the learner.")
+    generator_timeout_s: float = Field(
+        30.0, gt=0, description="A generator silent this long (no heartbeat) is declared gone: its prompts are "
+        "dispatched again and the weight-sync group is re-formed without it; also the longest wait for a "
+        "generator to join a re-formed group.")
     learner_timeout_s: float = Field(300.0, gt=0, description="A generator that hears nothing from the learner "
                                      "(not even a heartbeat answer) this long exits with an error naming it.")
 
@@ -162,22 +203,20 @@ class LearnerSection(ShardingFields):
     sync_every: int = Field(1, ge=1, description="Broadcast weights to generators every N steps.")
     val_every: int = Field(0, ge=0, description="Validate every N steps (0: only at start and end).")
     val_prompts: int = Field(64, ge=1, description="Test prompts scored per validation.")
-    bucket_mb: int = Field(64, ge=1, description="Weight-broadcast bucket size in MiB.")
-    sync_timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
     wait_timeout_s: float = Field(600.0, gt=0, description="Max wait for a batch before failing loudly.")
     redispatch_after_s: float = Field(
         600.0, ge=0, description="A dispatched prompt whose scored group has not arrived after this long is "
         "presumed lost with a dead worker and dispatched again (a late original is dropped as a duplicate); "
         "0: never.")
-    generator_timeout_s: float = Field(
-        30.0, gt=0, description="A generator silent this long (no heartbeat) is declared gone: its prompts are "
-        "dispatched again and the weight-sync group is re-formed without it; also the longest wait for a "
-        "generator to join a re-formed group.")
     save_final: bool = True
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over this many steps (then constant).")
     checkpoint_every: int = Field(0, ge=0, description="Resumable checkpoint (sharded model + optimizer, "
                                   "data position, RNG, HF export) every N steps and at the end; 0: never.")
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed).")
+    _root: RootRef = PrivateAttr(default_factory=RootRef)
+    bucket_mb = moved("learner.bucket_mb")
+    sync_timeout_s = moved("learner.sync_timeout_s")
+    generator_timeout_s = moved("learner.generator_timeout_s")
 
     @model_validator(mode="after")
     def _check_mini_batches(self) -> "LearnerSection":
@@ -325,19 +364,18 @@ class TransportSection(_Section):
     trajectories: str = Field("127.0.0.1:5556", description="Learner PULL: scored trajectories in.")
     rewards: list[str] = Field(default_factory=lambda: ["127.0.0.1:5560"],
                                description="One address per reward worker (PULL).")
-    weight_sync: str = Field("127.0.0.1:5570", description="torch.distributed TCPStore of the sync group.")
-    weight_sync_backend: Literal["auto", "nccl", "gloo"] = Field(
-        "auto", description="Weight broadcast backend: auto is nccl with CUDA, else gloo. Use gloo when the "
-        "learner and a generator share a GPU (placement.allow_overlap): NCCL refuses two ranks on one GPU.")
     bind_host: str | None = Field(None, description="Interface to bind instead of each address's host.")
     max_message_mb: int = Field(256, ge=1, description="Larger incoming messages are rejected.")
     curve_dir: Path | None = Field(None, description="ZeroMQ CURVE keys (`asyncrl keys --out DIR`): encrypt "
                                    "every socket, accept only authorized clients. Use it when binding "
                                    "beyond loopback.")
+    _root: RootRef = PrivateAttr(default_factory=RootRef)
+    weight_sync = moved("transport.weight_sync")
+    weight_sync_backend = moved("transport.weight_sync_backend")
 
     @model_validator(mode="after")
     def _check_addresses(self) -> "TransportSection":
-        for name in ("dispatch", "trajectories", "weight_sync"):
+        for name in ("dispatch", "trajectories"):
             parse_address(getattr(self, name))
         for addr in self.rewards:
             parse_address(addr)
@@ -353,11 +391,22 @@ class LoggingSection(_Section):
 
 
 class RunConfig(_Section):
-    """The root config: one section per process plus shared ones."""
+    """The root config: one section per process plus shared ones.
+
+    A key more than one role reads lives in a shared section (run, model, data, sampling,
+    weight_sync, liveness, transport, placement, logging); a role's own section (rollout,
+    reward, learner, algorithm) is read by that role alone (the learner and the launcher also
+    read the generators' count, tensor-parallel size and dtype: the shape of the sync group).
+    """
+
+    ALIASES: ClassVar[dict[str, str]] = ALIASES
 
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection
     data: DataSection
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    weight_sync: WeightSyncSection = Field(default_factory=WeightSyncSection)
+    liveness: LivenessSection = Field(default_factory=LivenessSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     reward: RewardSection = Field(default_factory=RewardSection)
     learner: LearnerSection = Field(default_factory=LearnerSection)
@@ -369,16 +418,20 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
-        """Keys that moved to [placement] get an error saying where, not just 'unknown key'."""
+        """Keys that moved to [placement] get an error saying where, not just 'unknown key'; keys that
+        moved to a shared section are read there (deprecated aliases, one warning each)."""
         if isinstance(data, dict):
             for section, key, new in MOVED_KEYS:
                 if isinstance(data.get(section), dict) and key in data[section]:
                     raise ValueError(f"{section}.{key} moved to {new}")
+            data = move_aliases({k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}, "config")
         return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "RunConfig":
-        lr, t = self.learner, self.transport
+        for section in (self.rollout, self.learner, self.transport):
+            section._root = RootRef(self)  # their deprecated read aliases of moved keys
+        lr, s = self.learner, self.sampling
         if lr.world_size % lr.nnodes:
             raise ValueError(f"learner.world_size={lr.world_size} is not a multiple of learner.nnodes={lr.nnodes}")
         if lr.nnodes > 1 and lr.rdzv_endpoint is None:
@@ -386,8 +439,8 @@ class RunConfig(_Section):
         if lr.rdzv_endpoint is not None:
             parse_address(lr.rdzv_endpoint)
         p = self.placement
-        if p.allow_overlap and t.weight_sync_backend == "nccl":
-            raise ValueError("placement.allow_overlap with transport.weight_sync_backend = 'nccl': NCCL refuses "
+        if p.allow_overlap and self.weight_sync.backend == "nccl":
+            raise ValueError("placement.allow_overlap with weight_sync.backend = 'nccl': NCCL refuses "
                              "two ranks on one GPU; use 'gloo' (or 'auto', which then picks gloo)")
         for key, entries, count in (("generators", p.generators, self.rollout.num_generators),
                                     ("reward", p.reward, self.reward.num_workers)):
@@ -399,19 +452,20 @@ class RunConfig(_Section):
                 f"learner.max_staleness={lr.max_staleness} is impossible with learner.sync_every="
                 f"{lr.sync_every}: generators lag up to sync_every-1 versions; set max_staleness >= "
                 f"{lr.sync_every - 1}")
-        per_update = lr.prompts_per_step // lr.ppo_mini_batches * self.rollout.n
+        per_update = lr.prompts_per_step // lr.ppo_mini_batches * s.n
         if lr.world_size > per_update:
             raise ValueError(f"learner.world_size={lr.world_size} exceeds the samples per optimiser step "
-                             f"(learner.prompts_per_step / learner.ppo_mini_batches x rollout.n = {per_update})")
+                             f"(learner.prompts_per_step / learner.ppo_mini_batches x sampling.n = {per_update})")
+        t = self.transport
         if len(t.rewards) != self.reward.num_workers:
             raise ValueError(
                 f"transport.rewards has {len(t.rewards)} address(es) but reward.num_workers="
                 f"{self.reward.num_workers}; give one address per reward worker")
         a = self.algorithm
-        if a.overlong_buffer >= self.rollout.max_new_tokens:
-            raise ValueError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
-        if self.rollout.n < 2 and a.advantage in ("grpo", "rloo", "reinforce_pp_baseline"):
-            raise ValueError(f"rollout.n must be >= 2: algorithm.advantage={a.advantage} needs a group")
+        if a.overlong_buffer >= s.max_new_tokens:
+            raise ValueError("algorithm.overlong_buffer must be smaller than sampling.max_new_tokens")
+        if s.n < 2 and a.advantage in ("grpo", "rloo", "reinforce_pp_baseline"):
+            raise ValueError(f"sampling.n must be >= 2: algorithm.advantage={a.advantage} needs a group")
         return self
 
 
@@ -446,12 +500,13 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply ``section.key=value`` (value parsed as TOML, else taken as a string)."""
+def apply_override(data: dict[str, Any], override: str, aliases: bool = True) -> None:
+    """Apply ``section.key=value`` (value parsed as TOML, else taken as a string); a deprecated
+    ``section.key`` (:data:`asyncrl.config_moved.ALIASES`) sets its new path, with a warning."""
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected section.key=value")
-    parts = key.strip().split(".")
+    parts = (alias_of(key.strip()) if aliases else key.strip()).split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
@@ -460,8 +515,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A TOML file; ``extends = "base.toml"`` (relative to the file) is merged underneath."""
+def _read_toml(path: Path, seen: tuple[Path, ...] = (), aliases: bool = False) -> dict[str, Any]:
+    """A TOML file; ``extends = "base.toml"`` (relative to the file) is merged underneath. With
+    ``aliases``, each file's deprecated keys move to their new paths before merging."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -469,6 +525,11 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     base = data.pop("extends", None)
+    if aliases:
+        try:
+            move_aliases(data, str(path))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if base is None:
         return data
     if not isinstance(base, str):
@@ -476,7 +537,7 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = (path.parent / base).resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: extends: cycle through {base_path}")
-    return _merge(_read_toml(base_path, seen + (base_path,)), data)
+    return _merge(_read_toml(base_path, seen + (base_path,), aliases), data)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -494,9 +555,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
     :mod:`asyncrl.train_config` holds the SFT and reward-model ones). Raises ConfigError
     with key paths."""
     path = Path(path)
-    data = _read_toml(path.resolve())
+    aliases = bool(getattr(schema, "ALIASES", None))
+    data = _read_toml(path.resolve(), aliases=aliases)
     for ov in overrides or []:
-        apply_override(data, ov)
+        apply_override(data, ov, aliases)
     return validate_config(data, source=str(path), schema=schema)
 
 

@@ -91,11 +91,11 @@ def describe_plan(cfg: RunConfig, config_path: Path, overrides: list[str]) -> st
     lines = [f"placement: {plan.kind}, {len(plan.visible)} {'GPU(s)' if plan.kind == 'cuda' else 'CPU core(s)'} "
              f"visible ({','.join(plan.visible)})"]
     binds = {"learner": f"binds dispatch {t.dispatch}, trajectories {t.trajectories}; hosts the weight-sync "
-                        f"store {t.weight_sync}"}
+                        f"store {cfg.weight_sync.address}"}
     binds.update({f"reward-{i}": f"binds {a}; pushes to {t.trajectories}" for i, a in enumerate(t.rewards)})
     for i in range(cfg.rollout.num_generators):
         binds[f"rollout-{i}"] = (f"connects {t.dispatch}, pushes to {', '.join(t.rewards)}; joins the weight-sync "
-                                 f"store {t.weight_sync} with {cfg.rollout.tensor_parallel_size} rank(s)")
+                                 f"store {cfg.weight_sync.address} with {cfg.rollout.tensor_parallel_size} rank(s)")
     for p in processes(cfg, config_path, overrides, plan):
         lines += [f"{p.name}: {describe(plan, p.name)}", f"  command: {shlex.join(p.argv)}"]
         if p.name == "learner" and lr.world_size > 1:

@@ -2,7 +2,7 @@
 
 Rank 0 is the learner, ranks 1..N the generators' vLLM workers. The group is a
 stand-alone torch.distributed process group (gloo on CPU, NCCL on GPU) built from a
-TCPStore at ``transport.weight_sync``, so it never touches vLLM's own groups or the
+TCPStore at ``weight_sync.address``, so it never touches vLLM's own groups or the
 learner's FSDP group. A sync is announced by a ``sync`` control message carrying
 ``tensors`` = [[name, dtype, shape], ...] in broadcast order; both sides derive the
 same buckets from it with :func:`plan_buckets`, so only raw tensor bytes cross the
@@ -392,7 +392,7 @@ def _buffer(buffers: list[torch.Tensor] | None, k: int, numel: int, dtype: torch
 
 
 def default_backend(choice: str = "auto") -> str:
-    """The weight-sync backend (learner and generators must agree): ``transport.weight_sync_backend``;
+    """The weight-sync backend (learner and generators must agree): ``weight_sync.backend``;
     auto is NCCL when CUDA is present, gloo otherwise. NCCL refuses two ranks on one GPU ("Duplicate
     GPU detected"): runs that share GPUs between the learner and generators choose gloo."""
     if choice != "auto":
@@ -402,7 +402,7 @@ def default_backend(choice: str = "auto") -> str:
 
 def sync_backend(cfg: Any) -> str:
     """:func:`default_backend` for a run config: auto picks gloo when roles may share GPUs."""
-    choice = cfg.transport.weight_sync_backend
+    choice = cfg.weight_sync.backend
     if choice == "auto" and cfg.placement.allow_overlap:
         return "gloo"
     return default_backend(choice)

@@ -108,8 +108,8 @@ def main() -> None:
         trl_wall = time.perf_counter() - t0
         print(f"asyncrl quickstart config: {args.steps} steps", flush=True)
         sets = [f"model.path={model}", f"data.train={train}", f"data.test={test}", "learner.val_every=0",
-                "learner.val_prompts=1", "learner.save_final=false", f"rollout.n={args.n}",
-                f"learner.prompts_per_step={args.prompts}", f"rollout.max_new_tokens={args.max_new_tokens}",
+                "learner.val_prompts=1", "learner.save_final=false", f"sampling.n={args.n}",
+                f"learner.prompts_per_step={args.prompts}", f"sampling.max_new_tokens={args.max_new_tokens}",
                 f"learner.micro_batch_size={args.prompts * args.n}"]
         t0 = time.perf_counter()
         ours = run_up(REPO / "configs" / "quickstart.toml", tmp_path / "asyncrl", sets + port_sets(),

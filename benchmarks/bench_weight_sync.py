@@ -296,9 +296,9 @@ def main() -> None:
         else:
             model, config, dtype, dtype_bytes = SMOLLM2, "quickstart.toml", "bfloat16", 2
         sets = [f"model.path={model}", f"data.train={train}", f"data.test={test}", "learner.val_every=0",
-                "learner.val_prompts=1", "learner.save_final=false", f"learner.bucket_mb={args.bucket_mb}",
+                "learner.val_prompts=1", "learner.save_final=false", f"weight_sync.bucket_mb={args.bucket_mb}",
                 f"rollout.num_generators={args.generators}", f"rollout.dtype={dtype}", "learner.sync_every=1",
-                "rollout.max_new_tokens=16", "learner.prompts_per_step=2", "rollout.n=4",
+                "sampling.max_new_tokens=16", "learner.prompts_per_step=2", "sampling.n=4",
                 "learner.max_staleness=1"]
         load_before = os.getloadavg()[0]  # 2 cores: anything else running skews every figure
         print(f"asyncrl up: {args.syncs} steps, one sync each, {args.generators} generator(s)", flush=True)

@@ -147,7 +147,7 @@ def learner_step(args: argparse.Namespace, model_dir: Path, device: str, peak_tf
 
     cfg = validate_config({
         "model": {"path": str(model_dir)}, "data": {"train": "unused"},
-        "rollout": {"n": args.n, "max_new_tokens": args.response_len[1]},
+        "sampling": {"n": args.n, "max_new_tokens": args.response_len[1]},
         "learner": {"packing": True, "mixed_precision": True, "gradient_checkpointing": args.checkpointing,
                     "max_tokens_per_microbatch": args.budget, "pack_row_tokens": args.row_tokens,
                     "micro_batch_size": 100_000, "prompts_per_step": args.prompts, "lr": 1e-6}})

@@ -27,7 +27,7 @@ def port_sets(num_rewards: int = 1) -> list[str]:
         s.close()
     rewards = ",".join(f'"127.0.0.1:{p}"' for p in ports[3:])
     return [f"transport.dispatch=127.0.0.1:{ports[0]}", f"transport.trajectories=127.0.0.1:{ports[1]}",
-            f"transport.weight_sync=127.0.0.1:{ports[2]}", f"transport.rewards=[{rewards}]"]
+            f"weight_sync.address=127.0.0.1:{ports[2]}", f"transport.rewards=[{rewards}]"]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -70,7 +70,7 @@ class WeightReceiver:
     async def _verify(self, msg: dict[str, Any], received: list[list[str]]) -> None:
         version, epoch = msg["version"], msg["epoch"]
         expected = await self.await_message(
-            "digests", lambda m: m["version"] == version and m["epoch"] == epoch, self.cfg.learner.sync_timeout_s)
+            "digests", lambda m: m["version"] == version and m["epoch"] == epoch, self.cfg.weight_sync.timeout_s)
         for worker, got in enumerate(received):
             if len(got) != len(expected["digests"]):
                 raise WeightsRejected(f"TP worker {worker} received {len(got)} bucket(s), the learner sent "
@@ -86,7 +86,7 @@ class WeightReceiver:
 
     async def _join(self, msg: dict[str, Any]) -> None:
         cfg = self.cfg
-        host, port = parse_address(cfg.transport.weight_sync)
+        host, port = parse_address(cfg.weight_sync.address)
         tp = cfg.rollout.tensor_parallel_size
         if msg["tp"] != tp:
             raise RuntimeError(f"the learner's sync group gives each generator {msg['tp']} TP worker(s) but this "
@@ -97,7 +97,7 @@ class WeightReceiver:
                  first[self.identity] + tp - 1, len(names))
         t0 = time.perf_counter()
         await self.engine.collective_rpc(
-            "asyncrl_init_sync", args=(host, port, first[self.identity], len(names), cfg.learner.sync_timeout_s,
+            "asyncrl_init_sync", args=(host, port, first[self.identity], len(names), cfg.weight_sync.timeout_s,
                                        sync_backend(cfg), msg["epoch"], msg["ns"]))
         log.debug("joined in %.2fs", time.perf_counter() - t0)
         self.epoch = msg["epoch"]

@@ -8,7 +8,7 @@ is new (the learner re-forms the group whenever generators die, restart or join)
 the new weights inside the vLLM worker, and resumes: generation never restarts the engine
 (rollout/weights.py). A sync that fails midway, or whose bytes do not match the learner's
 digests, leaves the engine paused (half-applied weights never serve) until the learner's
-retry succeeds. Heartbeats every ``rollout.heartbeat_s`` tell the learner
+retry succeeds. Heartbeats every ``liveness.heartbeat_s`` tell the learner
 this generator is alive; ``rejoin`` (it was declared gone) makes it start over with a hello.
 """
 
@@ -49,7 +49,7 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
     r = cfg.rollout
     args = AsyncEngineArgs(
         model=str(cfg.model.path), dtype=resolve_dtype(r.dtype), seed=seed, enforce_eager=r.enforce_eager,
-        max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens,
+        max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens,
         gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
         # one process per TP worker (vLLM's default for TP on one host; explicit so CPU does the same)
         distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
@@ -112,7 +112,7 @@ class Generator:
 
     async def _heartbeats(self) -> None:
         while not self.stopping:
-            await asyncio.sleep(self.cfg.rollout.heartbeat_s)
+            await asyncio.sleep(self.cfg.liveness.heartbeat_s)
             await self._send("heartbeat", generator=self.index, version=self.version)
 
     async def _rejoin(self) -> None:
@@ -169,10 +169,10 @@ class Generator:
                 self.drops.drop("unexpected", msg["type"])
 
     def _check_learner(self) -> None:
-        limit = self.cfg.rollout.learner_timeout_s
+        limit = self.cfg.liveness.learner_timeout_s
         if time.monotonic() - self.last_heard > limit:
             raise RuntimeError(f"generator {self.index}: no message from the learner at {self.cfg.transport.dispatch} "
-                               f"for {limit:.0f}s (rollout.learner_timeout_s): is it running, and is the address "
+                               f"for {limit:.0f}s (liveness.learner_timeout_s): is it running, and is the address "
                                f"right?")
 
     def _task_done(self, task: asyncio.Task) -> None:
@@ -185,7 +185,7 @@ class Generator:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
-            n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.rollout.top_p,
+            n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.sampling.top_p,
             max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
             seed=item.get("seed"))  # per-prompt seed from the dispatcher: reproducible across resumes
         version, start = self.version, time.time()

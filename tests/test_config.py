@@ -40,7 +40,7 @@ def test_unknown_key_names_the_path() -> None:
 
 
 def test_wrong_type_names_the_path() -> None:
-    assert "rollout.n" in _err({**BASE, "rollout": {"n": "eight"}})
+    assert "sampling.n" in _err({**BASE, "sampling": {"n": "eight"}})
     assert "model: Field required" in _err({"data": {"train": "t"}})
 
 
@@ -138,3 +138,41 @@ def test_algorithm_keys_for_verl_parity() -> None:
     assert "algorithm.is_lower=3.0 exceeds algorithm.is_upper=2.0" in _err({**BASE, "algorithm": {"is_lower": 3.0}})
     assert "algorithm.mis_ratio" in _err({**BASE, "algorithm": {"mis_ratio": "mu/pi"}})
     assert "algorithm.kl_loss_type" in _err({**BASE, "algorithm": {"kl_loss_type": "k4+"}})
+
+
+def test_moved_keys_are_deprecated_aliases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A key that moved to a shared section still works from a file, an extended file, --set and a dict,
+    with one warning line naming the old and the new key; code reading the old attribute gets the new value."""
+    base = tmp_path / "base.toml"
+    base.write_text('[model]\npath = "m"\n[data]\ntrain = "t.parquet"\n[rollout]\nn = 6\n'
+                    '[learner]\nsync_timeout_s = 50\n[transport]\nweight_sync = "h:9"\n')
+    top = tmp_path / "top.toml"
+    top.write_text('extends = "base.toml"\n[sampling]\nn = 3\n')
+    with caplog.at_level("WARNING", logger="asyncrl.config"):
+        cfg = load_config(top, ["rollout.heartbeat_s=0.5", "learner.generator_timeout_s=7"])
+    assert (cfg.sampling.n, cfg.weight_sync.timeout_s, cfg.weight_sync.address) == (3, 50.0, "h:9")
+    assert (cfg.liveness.heartbeat_s, cfg.liveness.generator_timeout_s) == (0.5, 7.0)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert f"{base}: rollout.n is deprecated: use sampling.n" in msgs
+    assert "--set: learner.generator_timeout_s is deprecated: use liveness.generator_timeout_s" in msgs
+    assert len(msgs) == 5
+    with pytest.warns(DeprecationWarning, match="learner.sync_timeout_s .* weight_sync.timeout_s"):
+        assert cfg.learner.sync_timeout_s == 50.0
+    with pytest.warns(DeprecationWarning):
+        cfg.learner.generator_timeout_s = 1.0
+    assert cfg.liveness.generator_timeout_s == 1.0
+    cfg = validate_config({**BASE, "rollout": {"temperature": 0.5}, "learner": {"bucket_mb": 8}})
+    assert cfg.sampling.temperature == 0.5 and cfg.weight_sync.bucket_mb == 8
+    assert "both rollout.n and sampling.n" in _err({**BASE, "rollout": {"n": 2}, "sampling": {"n": 2}})
+    assert "placement.generator_threads" in _err({**BASE, "rollout": {"omp_threads": 2}})  # moved earlier: refused
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_use_no_deprecated_key(path: Path) -> None:
+    import tomllib
+
+    from asyncrl.config_moved import ALIASES
+
+    data = tomllib.loads(path.read_text())
+    used = {f"{s}.{k}" for s, keys in data.items() if isinstance(keys, dict) for k in keys}
+    assert not used & set(ALIASES), used & set(ALIASES)

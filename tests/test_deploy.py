@@ -109,7 +109,7 @@ def test_slurm_script_fills_addresses_from_the_allocation(config: Path, tmp_path
     learner = next(s for s in steps if "learner" in s)
     assert "--nodelist=gpu-a,gpu-b" in learner and "--node-rank \"$SLURM_PROCID\"" in " ".join(learner)
     for argv in steps:
-        assert 'transport.dispatch="gpu-a:5555"' in argv and 'transport.weight_sync="gpu-a:5570"' in argv
+        assert 'transport.dispatch="gpu-a:5555"' in argv and 'weight_sync.address="gpu-a:5570"' in argv
         assert 'transport.rewards=["gpu-c:5560", "gpu-d:5561"]' in argv
         assert f'transport.curve_dir="{keys}"' in argv and 'learner.rdzv_endpoint="gpu-a:29400"' in argv
     reward1 = next(s for s in steps if "reward" in s and s[s.index("--index") + 1] == "1")

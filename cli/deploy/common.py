@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 from asyncrl.config import ConfigError, RunConfig, parse_address
+from asyncrl.config_moved import ALIASES
 
 # Keys a deployment fills in itself (from the allocation or the cluster DNS); a `--set` of one is refused.
-FILLED_KEYS = ("transport.dispatch", "transport.trajectories", "transport.rewards", "transport.weight_sync",
+FILLED_KEYS = ("transport.dispatch", "transport.trajectories", "transport.rewards", "weight_sync.address",
                "transport.bind_host", "transport.curve_dir", "learner.rdzv_endpoint")
 DEFAULT_RDZV_PORT = 29500
 _PLACEHOLDER = re.compile(r"\{\{ *([a-z_]+) *\}\}")
@@ -50,6 +51,7 @@ def check_config(cfg: RunConfig, sets: list[str], target: str) -> None:
     """Refuse what a rendered deployment cannot honour, before anything is written."""
     for override in sets:
         key = override.partition("=")[0].strip()
+        key = ALIASES.get(key, key)
         if key in FILLED_KEYS:
             raise DeployError(f"--set {key}: does not apply to `asyncrl deploy {target}`, which fills it in "
                               f"(ports come from the config, hosts from the {_source(target)})")
@@ -77,7 +79,7 @@ def learner_ports(cfg: RunConfig) -> dict[str, int]:
     """Ports learner node 0 binds (rank 0's sockets, the weight-sync store, the rendezvous)."""
     t = cfg.transport
     out = {"transport.dispatch": port(t.dispatch), "transport.trajectories": port(t.trajectories),
-           "transport.weight_sync": port(t.weight_sync)}
+           "weight_sync.address": port(cfg.weight_sync.address)}
     if cfg.learner.nnodes > 1:
         out["learner.rdzv_endpoint"] = rdzv_port(cfg)
     return out

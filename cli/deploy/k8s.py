@@ -79,12 +79,13 @@ def _with_addresses(cfg: RunConfig, name: str) -> RunConfig:
     t, head = cfg.transport, _dns(name, "learner", 0)
     transport = t.model_copy(update={
         "dispatch": f"{head}:{port(t.dispatch)}", "trajectories": f"{head}:{port(t.trajectories)}",
-        "weight_sync": f"{head}:{port(t.weight_sync)}", "bind_host": "0.0.0.0", "curve_dir": CURVE_DIR,
+        "bind_host": "0.0.0.0", "curve_dir": CURVE_DIR,
         "rewards": [f"{_dns(name, 'reward', j)}:{port(a)}" for j, a in enumerate(t.rewards)]})
     learner = cfg.learner
     if learner.nnodes > 1:
         learner = learner.model_copy(update={"rdzv_endpoint": f"{head}:{rdzv_port(cfg)}"})
-    return cfg.model_copy(update={"transport": transport, "learner": learner})
+    weight_sync = cfg.weight_sync.model_copy(update={"address": f"{head}:{port(cfg.weight_sync.address)}"})
+    return cfg.model_copy(update={"transport": transport, "learner": learner, "weight_sync": weight_sync})
 
 
 def _summary(cfg: RunConfig) -> str:
@@ -130,7 +131,8 @@ def _roles(cfg: RunConfig, name: str, gpu: bool) -> list[dict[str, object]]:
 
 
 def _port_name(key: str) -> str:
-    """A port name Kubernetes accepts (at most 15 characters): transport.weight_sync -> weight-sync."""
+    """A port name Kubernetes accepts (at most 15 characters): weight_sync.address -> weight-sync."""
+    key = "weight_sync" if key == "weight_sync.address" else key
     short = key.split(".")[-1].replace("_", "-").replace("[", "-").rstrip("]")
     return "rdzv" if short == "rdzv-endpoint" else short[:15]
 

@@ -115,7 +115,8 @@ def _sets(cfg: RunConfig, steps: list[Step], user_sets: list[str]) -> str:
     nodes = {s.name: s.nodes[0] for s in steps}
     rewards = ", ".join(f'\\"{_host(nodes[f"reward-{j}"])}:{port(a)}\\"' for j, a in enumerate(t.rewards))
     filled = [f'"transport.{key}=\\"{head}:{port(getattr(t, key))}\\""'
-              for key in ("dispatch", "trajectories", "weight_sync")]
+              for key in ("dispatch", "trajectories")]
+    filled.append(f'"weight_sync.address=\\"{head}:{port(cfg.weight_sync.address)}\\""')
     filled += [f'"transport.rewards=[{rewards}]"', "'transport.bind_host=\"0.0.0.0\"'",
                '"transport.curve_dir=\\"$CURVE_DIR\\""']
     if cfg.learner.nnodes > 1:
