@@ -11,24 +11,21 @@ process starts::
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+import tomllib
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from asyncrl.config_algorithm import AlgorithmSection
+from asyncrl.config_base import ConfigError, _Section, parse_address
 from asyncrl.config_moved import ALIASES, RootRef, alias_of, move_aliases, moved
+
+__all__ = ["AlgorithmSection", "ConfigError", "RunConfig", "apply_override", "dump_config", "load_config",
+           "parse_address", "validate_config"]
 
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key path."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RunSection(_Section):
@@ -83,12 +80,12 @@ class RolloutSection(_Section):
         "(fast; only correct when every layer computes from its weight parameter, checked at the first "
         "sync), reload uses vLLM's layer-wise reload_weights; auto: inplace where that check passes.")
     _root: RootRef = PrivateAttr(default_factory=RootRef)
-    n = moved("rollout.n")
-    temperature = moved("rollout.temperature")
-    top_p = moved("rollout.top_p")
-    max_new_tokens = moved("rollout.max_new_tokens")
-    heartbeat_s = moved("rollout.heartbeat_s")
-    learner_timeout_s = moved("rollout.learner_timeout_s")
+    n = moved("rollout.n")  # type: ignore[pydantic-field]
+    temperature = moved("rollout.temperature")  # type: ignore[pydantic-field]
+    top_p = moved("rollout.top_p")  # type: ignore[pydantic-field]
+    max_new_tokens = moved("rollout.max_new_tokens")  # type: ignore[pydantic-field]
+    heartbeat_s = moved("rollout.heartbeat_s")  # type: ignore[pydantic-field]
+    learner_timeout_s = moved("rollout.learner_timeout_s")  # type: ignore[pydantic-field]
 
 
 class SamplingSection(_Section):
@@ -113,7 +110,7 @@ class WeightSyncSection(_Section):
     timeout_s: float = Field(600.0, gt=0, description="Timeout for weight-sync rendezvous/broadcast.")
 
     @model_validator(mode="after")
-    def _check_address(self) -> "WeightSyncSection":
+    def _check_address(self) -> WeightSyncSection:
         parse_address(self.address)
         return self
 
@@ -146,7 +143,7 @@ class RewardSection(_Section):
     model_weight: float = 1.0
 
     @model_validator(mode="after")
-    def _check_model(self) -> "RewardSection":
+    def _check_model(self) -> RewardSection:
         if self.type != "function" and self.model_path is None:
             raise ValueError(f"reward.type={self.type!r} needs reward.model_path")
         return self
@@ -214,125 +211,17 @@ class LearnerSection(ShardingFields):
                                   "data position, RNG, HF export) every N steps and at the end; 0: never.")
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed).")
     _root: RootRef = PrivateAttr(default_factory=RootRef)
-    bucket_mb = moved("learner.bucket_mb")
-    sync_timeout_s = moved("learner.sync_timeout_s")
-    generator_timeout_s = moved("learner.generator_timeout_s")
+    bucket_mb = moved("learner.bucket_mb")  # type: ignore[pydantic-field]
+    sync_timeout_s = moved("learner.sync_timeout_s")  # type: ignore[pydantic-field]
+    generator_timeout_s = moved("learner.generator_timeout_s")  # type: ignore[pydantic-field]
 
     @model_validator(mode="after")
-    def _check_mini_batches(self) -> "LearnerSection":
+    def _check_mini_batches(self) -> LearnerSection:
         if self.prompts_per_step % self.ppo_mini_batches:
             raise ValueError(f"learner.prompts_per_step={self.prompts_per_step} is not divisible by "
                              f"learner.ppo_mini_batches={self.ppo_mini_batches}: each mini-batch takes "
                              f"prompts_per_step / ppo_mini_batches whole groups")
         return self
-
-
-AdvantageName = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gae"]
-LossName = Literal["ppo", "gspo", "reinforce"]
-AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLKind = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs",
-                 "k1+", "kl+", "k2+", "mse+", "k3+", "low_var_kl+", "abs+"]
-CorrectionName = Literal["none", "tis", "seq_tis", "mis", "seq_mis", "decoupled", "icepop", "seq_icepop"]
-
-
-class AlgorithmSection(_Section):
-    """Advantage estimator, policy loss, KL to a reference, DAPO extras, off-policy correction.
-
-    Names follow veRL so configs port over; docs/algorithms.md gives each formula.
-    """
-
-    advantage: AdvantageName = "grpo"
-    norm_adv_by_std: bool = Field(True, description="grpo: divide by the group std (False = Dr.GRPO).")
-    adv_eps: float = Field(1e-6, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(1.0, ge=0, le=1)
-    loss: LossName = "ppo"
-    loss_agg_mode: AggMode = "token-mean"
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher when above clip_low (DAPO's 0.28; "
-                             "veRL's clip_ratio_high defaults to 0.2).")
-    clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant (None: off; veRL's clip_ratio_c "
-                                 "defaults to 3.0).")
-    entropy_coef: float = Field(0.0, ge=0)
-    kl_loss_coef: float = Field(0.0, ge=0, description="KL(current||reference) as a loss term.")
-    kl_loss_type: KLKind = Field("k3", description="k1/kl, k2/mse, k3/low_var_kl, abs; a '+' suffix keeps the "
-                                 "value and takes the gradient of k2 (veRL's k3+ etc.).")
-    kl_in_reward: bool = Field(False, description="Subtract beta*KL(behaviour||reference) per token from the reward.")
-    kl_reward_type: KLKind = "k1"
-    kl_reward_mean: Literal["token", "sequence"] = Field(
-        "token", description="The KL the adaptive controller reads: token = mean over the batch's valid tokens; "
-        "sequence = mean of per-sequence means (veRL's apply_kl_penalty).")
-    kl_coef: float = Field(0.001, ge=0, description="Initial beta for kl_in_reward.")
-    kl_controller: Literal["fixed", "adaptive"] = "fixed"
-    kl_target: float = Field(0.1, gt=0)
-    kl_horizon: int = Field(10000, ge=1)
-    critic_lr: float = Field(1e-5, gt=0, description="gae: value model learning rate.")
-    value_clip: float = Field(0.5, gt=0, description="gae: clip range of the value loss.")
-    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
-    dynamic_sampling_max_groups: int = Field(
-        10, ge=1, description="Fail if more than this many batches' worth of groups are filtered for one step.")
-    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty buffer (0: off).")
-    overlong_factor: float = Field(1.0, ge=0)
-    correction: CorrectionName = Field("tis", description="Off-policy correction (veRL's rollout correction "
-                                       "is off by default).")
-    is_cap: float = Field(2.0, ge=1.0, description="tis/seq_tis cap; decoupled filter bound (veRL's "
-                          "rollout_is_threshold defaults to 2.0).")
-    is_lower: float = Field(0.5, gt=0, description="mis/seq_mis lower bound (of the ratio mis_ratio names); "
-                            "icepop/seq_icepop lower bound of pi/mu.")
-    is_upper: float = Field(2.0, gt=1.0, description="mis/seq_mis upper bound (of the ratio mis_ratio names); "
-                            "icepop/seq_icepop upper bound of pi/mu.")
-    mis_ratio: Literal["pi_over_mu", "mu_over_pi"] = Field(
-        "pi_over_mu", description="Which ratio is_lower/is_upper bound for mis/seq_mis: pi_over_mu (asyncrl's "
-        "meaning) or mu_over_pi (veRL's rollout_rs token_k1/seq_sum_k1 'lower_upper' thresholds). The same when "
-        "is_lower = 1/is_upper.")
-    decoupled_filter: Literal["drop", "zero"] = Field(
-        "drop", description="decoupled: tokens above is_cap leave the loss mask and its token count (drop, "
-        "asyncrl's meaning) or stay in it with weight 0 (zero, AReaL's).")
-    stale_policy: Literal["drop", "reweight"] = Field(
-        "drop", description="Samples older than learner.max_staleness that still arrive.")
-    old_logprobs: Literal["recompute", "behaviour"] = Field(
-        "recompute", description="PPO old (proximal) log-probs: recompute = the learner's weights before the "
-        "step's first update (one no-grad pass when learner.ppo_mini_batches or ppo_epochs > 1); behaviour = "
-        "the generator's log-probs (veRL bypass mode: the ratio and clip are taken against the behaviour "
-        "policy and `correction` sees ratio 1).")
-    distill_teacher: Path | None = Field(
-        None, description="On-policy distillation: an HF model directory sharing the policy's tokenizer; each "
-        "sampled token earns distill_coef * (log p_teacher - log p_student) in the token rewards.")
-    distill_coef: float = Field(1.0, ge=0, description="Weight of the per-token distillation reward.")
-    distill_task_weight: float = Field(1.0, ge=0, description="Weight of the task (reward function) score "
-                                       "when distilling; 0 = distillation alone.")
-
-    @model_validator(mode="after")
-    def _check_correction(self) -> "AlgorithmSection":
-        if self.is_lower > self.is_upper:
-            raise ValueError(f"algorithm.is_lower={self.is_lower} exceeds algorithm.is_upper={self.is_upper}")
-        if self.distill_teacher is None and self.distill_task_weight != 1.0:
-            raise ValueError("algorithm.distill_task_weight is set but algorithm.distill_teacher is not")
-        _warn_implicit_corrections(self)
-        return self
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.kl_loss_coef > 0 or self.kl_in_reward
-
-
-def _warn_implicit_corrections(a: AlgorithmSection) -> None:
-    """Deprecation warnings where a config relies on an asyncrl meaning that differs from veRL's/AReaL's.
-
-    Silent when the key is set explicitly, and for mis/seq_mis when the bounds are reciprocal
-    (both meanings coincide). Configs handed to child processes carry every key, so each run
-    warns once, where its TOML is read.
-    """
-    asymmetric = abs(a.is_lower * a.is_upper - 1.0) > 1e-9
-    if a.correction in ("mis", "seq_mis") and asymmetric and "mis_ratio" not in a.model_fields_set:
-        log.warning("algorithm.correction=%r: is_lower=%g / is_upper=%g bound pi/mu (asyncrl's meaning); veRL's "
-                    "rollout_rs thresholds bound mu/pi and differ here because is_lower != 1/is_upper. Relying "
-                    "on the default is deprecated: set algorithm.mis_ratio = 'pi_over_mu' to keep this meaning or "
-                    "'mu_over_pi' for veRL's", a.correction, a.is_lower, a.is_upper)
-    if a.correction == "decoupled" and "decoupled_filter" not in a.model_fields_set:
-        log.warning("algorithm.correction='decoupled': tokens above is_cap leave the loss's token count (asyncrl's "
-                    "meaning); AReaL keeps them with weight 0. Relying on the default is deprecated: set "
-                    "algorithm.decoupled_filter = 'drop' to keep this meaning or 'zero' for AReaL's")
 
 
 class PlacementSection(_Section):
@@ -370,11 +259,11 @@ class TransportSection(_Section):
                                    "every socket, accept only authorized clients. Use it when binding "
                                    "beyond loopback.")
     _root: RootRef = PrivateAttr(default_factory=RootRef)
-    weight_sync = moved("transport.weight_sync")
-    weight_sync_backend = moved("transport.weight_sync_backend")
+    weight_sync = moved("transport.weight_sync")  # type: ignore[pydantic-field]
+    weight_sync_backend = moved("transport.weight_sync_backend")  # type: ignore[pydantic-field]
 
     @model_validator(mode="after")
-    def _check_addresses(self) -> "TransportSection":
+    def _check_addresses(self) -> TransportSection:
         for name in ("dispatch", "trajectories"):
             parse_address(getattr(self, name))
         for addr in self.rewards:
@@ -428,7 +317,7 @@ class RunConfig(_Section):
         return data
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "RunConfig":
+    def _check_combinations(self) -> RunConfig:
         for section in (self.rollout, self.learner, self.transport):
             section._root = RootRef(self)  # their deprecated read aliases of moved keys
         lr, s = self.learner, self.sampling
@@ -472,14 +361,6 @@ class RunConfig(_Section):
 MOVED_KEYS = [("rollout", "cpu_bind", "placement.generators (one entry per generator)"),
              ("rollout", "omp_threads", "placement.generator_threads"),
              ("learner", "num_threads", "placement.learner_threads")]
-
-
-def parse_address(addr: str) -> tuple[str, int]:
-    """Split ``host:port``; raise ValueError naming the address when malformed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address {addr!r} is not host:port")
-    return host, int(port)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

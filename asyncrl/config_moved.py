@@ -81,7 +81,7 @@ class RootRef:
     __hash__ = None  # type: ignore[assignment]
 
 
-def moved(old: str) -> Any:
+def moved(old: str) -> property:
     """A read/write alias, on the section of ``old`` (``section.key``), for the key it moved to.
 
     The section must have a ``_root: RootRef`` (set by RunConfig after validation).

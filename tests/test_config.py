@@ -20,7 +20,8 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert cfg.run.max_steps >= 1
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.toml")), ids=lambda p: p.parent.name + "/" + p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.toml")),
+                         ids=lambda p: p.parent.name + "/" + p.name)
 def test_every_shipped_supervised_config_loads(path: Path) -> None:
     from asyncrl.train_config import RMConfig, SFTConfig
 
@@ -127,16 +128,18 @@ def test_correction_conventions_warn_until_explicit(caplog: pytest.LogCaptureFix
     msgs = warnings(correction="decoupled")
     assert len(msgs) == 1 and "algorithm.decoupled_filter" in msgs[0]
     assert not warnings(correction="decoupled", decoupled_filter="zero")
-    # children get the dumped config, every key set: no second warning
-    assert not warnings(**validate_config({**BASE, "algorithm": {"correction": "decoupled"}}).algorithm.model_dump())
+    # the keys in effect (what resolved/learner.json shows) load again, every one set: no warning
+    assert not warnings(**validate_config({**BASE, "algorithm": {"correction": "decoupled"}}).algorithm.applicable())
 
 
 def test_algorithm_keys_for_verl_parity() -> None:
-    cfg = validate_config({**BASE, "algorithm": {"kl_loss_type": "k3+", "kl_reward_type": "low_var_kl+",
-                                                 "kl_reward_mean": "sequence", "correction": "seq_icepop"}})
+    cfg = validate_config({**BASE, "algorithm": {"kl_loss_coef": 0.1, "kl_loss_type": "k3+", "kl_in_reward": True,
+                                                 "kl_reward_type": "low_var_kl+", "kl_reward_mean": "sequence",
+                                                 "correction": "seq_icepop"}})
     assert cfg.algorithm.kl_loss_type == "k3+" and cfg.algorithm.kl_reward_mean == "sequence"
-    assert "algorithm.is_lower=3.0 exceeds algorithm.is_upper=2.0" in _err({**BASE, "algorithm": {"is_lower": 3.0}})
-    assert "algorithm.mis_ratio" in _err({**BASE, "algorithm": {"mis_ratio": "mu/pi"}})
+    assert "algorithm.is_lower=3.0 exceeds algorithm.is_upper=2.0" in _err(
+        {**BASE, "algorithm": {"correction": "mis", "is_lower": 3.0}})
+    assert "algorithm.mis_ratio" in _err({**BASE, "algorithm": {"correction": "mis", "mis_ratio": "mu/pi"}})
     assert "algorithm.kl_loss_type" in _err({**BASE, "algorithm": {"kl_loss_type": "k4+"}})
 
 
@@ -176,3 +179,51 @@ def test_shipped_configs_use_no_deprecated_key(path: Path) -> None:
     data = tomllib.loads(path.read_text())
     used = {f"{s}.{k}" for s, keys in data.items() if isinstance(keys, dict) for k in keys}
     assert not used & set(ALIASES), used & set(ALIASES)
+
+
+@pytest.mark.parametrize("algo, key, why", [
+    ({"critic_lr": 1e-3}, "critic_lr", 'advantage = "gae" (here advantage = "grpo")'),
+    ({"advantage": "rloo", "value_clip": 0.2}, "value_clip", 'advantage = "gae" (here advantage = "rloo")'),
+    ({"lam": 0.9}, "lam", 'advantage = "gae"'),
+    ({"advantage": "rloo", "norm_adv_by_std": False}, "norm_adv_by_std", 'advantage = "grpo"'),
+    ({"gamma": 0.9}, "gamma", 'advantage = "reinforce_pp" or "gae"'),
+    ({"loss": "gspo", "clip_c": 3.0}, "clip_c", 'loss = "ppo"'),
+    ({"loss": "reinforce", "clip_low": 0.1}, "clip_low", 'loss = "ppo" or "gspo" (here loss = "reinforce")'),
+    ({"kl_loss_type": "k2"}, "kl_loss_type", "kl_loss_coef > 0 (here kl_loss_coef = 0.0)"),
+    ({"kl_coef": 0.1}, "kl_coef", "kl_in_reward = true (here kl_in_reward = false)"),
+    ({"kl_in_reward": True, "kl_target": 0.2}, "kl_target", 'kl_controller = "adaptive" (here kl_in_reward = true, '
+     'kl_controller = "fixed")'),
+    ({"dynamic_sampling_max_groups": 3}, "dynamic_sampling_max_groups", "dynamic_sampling = true"),
+    ({"overlong_factor": 0.5}, "overlong_factor", "overlong_buffer > 0"),
+    ({"correction": "mis", "is_cap": 3.0}, "is_cap", '"decoupled" (here correction = "mis")'),
+    ({"is_upper": 3.0}, "is_upper",
+     'correction = "mis", "seq_mis", "icepop" or "seq_icepop" (here correction = "tis")'),
+    ({"correction": "icepop", "mis_ratio": "mu_over_pi"}, "mis_ratio", 'correction = "mis" or "seq_mis"'),
+    ({"decoupled_filter": "zero"}, "decoupled_filter", 'correction = "decoupled"'),
+    ({"distill_coef": 0.5}, "distill_coef", "distill_teacher set (here distill_teacher = unset)"),
+], ids=lambda v: v if isinstance(v, str) and "=" not in v else None)
+def test_algorithm_key_that_does_not_apply_is_refused(algo: dict, key: str, why: str) -> None:
+    msg = _err({**BASE, "algorithm": algo})
+    assert f"x.toml: algorithm: algorithm.{key} does not apply: " in msg and why in msg, msg
+
+
+def test_algorithm_keys_that_apply_or_stay_default_load() -> None:
+    a = validate_config({**BASE, "algorithm": {"advantage": "gae", "lam": 0.9, "critic_lr": 1e-3, "gamma": 0.99,
+                                               "kl_in_reward": True, "kl_controller": "adaptive", "kl_target": 0.2,
+                                               "loss": "ppo", "clip_c": 3.0, "dynamic_sampling": True,
+                                               "dynamic_sampling_max_groups": 4, "correction": "seq_mis",
+                                               "mis_ratio": "mu_over_pi", "is_upper": 4.0}}).algorithm
+    assert a.lam == 0.9 and a.kl_target == 0.2 and a.is_upper == 4.0
+    plain = validate_config(BASE).algorithm  # every group's defaults are there, applying or not
+    assert plain.critic_lr == 1e-5 and plain.clip_c is None and plain.kl_target == 0.1
+    assert "critic_lr" not in plain.applicable() and "clip_low" in plain.applicable()
+    assert validate_config({**BASE, "algorithm": plain.applicable()}).algorithm == plain
+
+
+def test_refused_key_through_extends_and_set(tmp_path: Path) -> None:
+    """A base file for GAE extended with another estimator: the critic keys it sets are refused."""
+    gae = REPO / "configs" / "tiny_cpu_gae.toml"
+    with pytest.raises(ConfigError, match="algorithm.lam does not apply"):
+        load_config(gae, ["algorithm.advantage=grpo"])
+    with pytest.raises(ConfigError, match="algorithm.clip_c does not apply"):
+        load_config(REPO / "configs" / "tiny_cpu_gspo.toml", ["algorithm.clip_c=3.0"])
