@@ -7,7 +7,8 @@ Generator → learner (DEALER → ROUTER on ``transport.dispatch``):
   heartbeat {generator, version}          still alive (every rollout.heartbeat_s)
   sync_failed {generator, version, why}   a sync did not apply or verify: it is paused, send again
 Learner → generator:
-  prompts {items: [PromptItem...]}        prompts to generate (see PROMPT_ITEM_FIELDS)
+  prompts {items: [PromptItem...]}        prompts to generate (PROMPT_ITEM_FIELDS + _OPTIONAL;
+                                          typed: asyncrl.transport.items.PromptItem)
   sync    {version, tensors, bucket_bytes, epoch, members, tp, ns}
                                           weights follow on the sync group of ``epoch``:
                                           rank 0 the learner, then each member's ``tp`` vLLM
@@ -49,6 +50,14 @@ PROMPT_ITEM_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+# optional prompt item fields (absent in older payloads) -> (accepted types, default)
+PROMPT_ITEM_OPTIONAL: dict[str, tuple[tuple[type, ...], Any]] = {
+    "seed": ((int, type(None)), None),  # the dispatcher's per-prompt sampling seed (train items)
+    "attempt": ((int,), 0),             # 0 for a prompt's first dispatch, +1 for each re-dispatch
+    "greedy_baseline": ((bool,), False),  # ReMax: also generate one greedy reply
+}
+
+
 class MessageError(ValueError):
     """A control message that is not valid msgpack or not one of MESSAGE_FIELDS."""
 
@@ -81,14 +90,29 @@ def _check(msg: Any) -> None:
     _check_fields(msg, spec, msg["type"])
     if msg["type"] == "prompts":
         for item in msg["items"]:
-            if not isinstance(item, dict):
-                raise MessageError("prompts.items entries must be maps")
-            _check_fields(item, PROMPT_ITEM_FIELDS, "prompts.items")
-            seed = item.get("seed")  # optional: the dispatcher's per-prompt sampling seed
-            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-                raise MessageError("prompts.items.seed: expected a non-negative int")
+            check_prompt_item(item)
     if msg["type"] == "sync" and not all(isinstance(m, str) for m in msg["members"]):
         raise MessageError("sync.members: expected a list of generator names")
+
+
+def check_prompt_item(item: Any) -> None:
+    """Validate one ``prompts.items`` entry (required and optional fields); raise MessageError."""
+    if not isinstance(item, dict):
+        raise MessageError("prompts.items entries must be maps")
+    _check_fields(item, PROMPT_ITEM_FIELDS, "prompts.items")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in item["prompt_token_ids"]):
+        raise MessageError("prompts.items.prompt_token_ids: expected a list of ints")
+    if item["n"] < 1 or item["max_tokens"] < 1:
+        raise MessageError("prompts.items: n and max_tokens must be >= 1")
+    for key, (types, default) in PROMPT_ITEM_OPTIONAL.items():
+        val = item.get(key, default)
+        if not isinstance(val, types) or (isinstance(val, bool) and bool not in types):
+            raise MessageError(f"prompts.items.{key}: expected {'/'.join(t.__name__ for t in types)}")
+    seed, attempt = item.get("seed"), item.get("attempt", 0)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise MessageError("prompts.items.seed: expected a non-negative int")
+    if attempt < 0:
+        raise MessageError("prompts.items.attempt: expected a non-negative int")
 
 
 def _check_fields(msg: dict, spec: dict[str, tuple[type, ...]], where: str) -> None:
