@@ -50,6 +50,21 @@ def test_push_pull_and_timeout(pair: Pair) -> None:
     assert pull.recv(0) is None
 
 
+def test_push_to_several_receivers_round_robin(pair: Pair) -> None:
+    a, b, addr = pair
+    w1, w2 = addr(), addr()
+    p1, p2 = a.pull(w1), a.pull(w2)
+    push = b.push([w1, w2])
+    _until(lambda: (push.send(b"probe"), p1.recv(0.05))[1])  # ZeroMQ: both connections up
+    _until(lambda: (push.send(b"probe"), p2.recv(0.05))[1])
+    while p1.recv(0.1) or p2.recv(0.1):
+        pass
+    for i in range(4):
+        push.send(b"%d" % i)
+    got = [p1.recv(5), p1.recv(5), p2.recv(5), p2.recv(5)]
+    assert sorted(got) == [b"0", b"1", b"2", b"3"]  # type: ignore[type-var]
+
+
 def test_connect_before_bind(pair: Pair) -> None:
     a, b, addr = pair
     where = addr()

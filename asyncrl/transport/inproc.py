@@ -32,6 +32,7 @@ from asyncrl.transport.base import (
     Server,
     Transport,
     TransportError,
+    addresses,
 )
 
 log = logging.getLogger("asyncrl.transport")
@@ -154,11 +155,18 @@ class InprocServer(_Bound, Server):
 
 
 class InprocSender(_InprocEndpoint, Sender):
+    def __init__(self, transport: InprocTransport, address: str | Sequence[str]) -> None:
+        self.targets = addresses(address)
+        super().__init__(transport, ",".join(self.targets))
+        self._next = 0  # round-robin over the targets, as a PUSH socket does
+
     def send(self, data: bytes) -> None:
         with self.hub.cond:
             if self.closed:
                 raise TransportError(f"endpoint {self.address} is closed")
-            self._put(self.hub.channel(self.address).inbox, (b"", bytes(data)))
+            target = self.targets[self._next % len(self.targets)]
+            self._next += 1
+            self._put(self.hub.channel(target).inbox, (b"", bytes(data)))
 
     def close(self) -> None:
         self.closed = True
@@ -236,7 +244,7 @@ class InprocTransport(Transport):
         self.endpoints.append(ep)
         return ep
 
-    def push(self, address: str) -> InprocSender:
+    def push(self, address: str | Sequence[str]) -> InprocSender:
         return self._keep(InprocSender(self, address))  # type: ignore[return-value]
 
     def pull(self, address: str) -> InprocReceiver:
@@ -248,7 +256,7 @@ class InprocTransport(Transport):
     def client(self, address: str, identity: bytes) -> InprocClient:
         return self._keep(InprocClient(self, address, identity))  # type: ignore[return-value]
 
-    def apush(self, address: str) -> InprocAsyncSender:
+    def apush(self, address: str | Sequence[str]) -> InprocAsyncSender:
         return self._keep(InprocAsyncSender(InprocSender(self, address)))  # type: ignore[return-value]
 
     def aclient(self, address: str, identity: bytes) -> InprocAsyncClient:

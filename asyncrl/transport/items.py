@@ -63,9 +63,11 @@ class PromptItem:
         return d
 
     @classmethod
-    def from_wire(cls, d: Any) -> PromptItem:
-        """Validate one ``prompts.items`` map (MessageError if malformed); unknown keys are ignored."""
-        messages.check_prompt_item(d)
+    def from_wire(cls, d: Any, *, check: bool = True) -> PromptItem:
+        """Validate one ``prompts.items`` map (MessageError if malformed; ``check=False``: already
+        validated by :func:`asyncrl.messages.decode`); unknown keys are ignored."""
+        if check:
+            messages.check_prompt_item(d)
         opt = {k: d.get(k, default) for k, (_, default) in messages.PROMPT_ITEM_OPTIONAL.items()}
         fields = {k: d[k] for k in messages.PROMPT_ITEM_FIELDS}
         fields["temperature"] = float(fields["temperature"])
@@ -79,7 +81,7 @@ def encode_prompts(items: Sequence[PromptItem]) -> bytes:
 
 def decode_prompts(msg: dict[str, Any]) -> list[PromptItem]:
     """The items of a decoded ``prompts`` message (:func:`asyncrl.messages.decode` validated them)."""
-    return [PromptItem.from_wire(d) for d in msg["items"]]
+    return [PromptItem.from_wire(d, check=False) for d in msg["items"]]
 
 
 class ScoredGroup:

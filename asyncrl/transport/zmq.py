@@ -31,6 +31,7 @@ from asyncrl.transport.base import (
     Server,
     Transport,
     TransportError,
+    addresses,
 )
 
 log = logging.getLogger("asyncrl.transport")
@@ -198,10 +199,11 @@ class ZmqTransport(Transport):
         self.endpoints.append(ep)
         return ep
 
-    def push(self, address: str) -> ZmqSender:
+    def push(self, address: str | Sequence[str]) -> ZmqSender:
         sock = self._socket(zmq.PUSH, server=False)
-        sock.connect(tcp(address))
-        return self._keep(ZmqSender(sock, address))
+        for addr in addresses(address):
+            sock.connect(tcp(addr))
+        return self._keep(ZmqSender(sock, ",".join(addresses(address))))
 
     def pull(self, address: str) -> ZmqReceiver:
         sock = self._socket(zmq.PULL, server=True)
@@ -221,10 +223,11 @@ class ZmqTransport(Transport):
         sock.connect(tcp(address))
         return self._keep(ZmqClient(sock, address, identity))
 
-    def apush(self, address: str) -> ZmqAsyncSender:
+    def apush(self, address: str | Sequence[str]) -> ZmqAsyncSender:
         sock = self._asocket(zmq.PUSH)
-        sock.connect(tcp(address))
-        return self._keep(ZmqAsyncSender(sock, address))
+        for addr in addresses(address):
+            sock.connect(tcp(addr))
+        return self._keep(ZmqAsyncSender(sock, ",".join(addresses(address))))
 
     def aclient(self, address: str, identity: bytes) -> ZmqAsyncClient:
         sock = self._asocket(zmq.DEALER)
