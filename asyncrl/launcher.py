@@ -11,10 +11,13 @@ re-formed weight-sync group and receives the current weights before any prompt. 
 learner dies the run stops with a message naming ``--resume``, or, with
 ``run.restart_learner``, every process is restarted from the newest checkpoint. Every
 restart is a line in ``<run dir>/supervisor.jsonl``. Ctrl-C stops everything (exit 130).
+Before starting them it writes each one's resolved config to ``<run dir>/resolved/<name>.json``
+(:mod:`asyncrl.resolved`), for inspection: the children still read the TOML.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncrl.config import RunConfig
+from asyncrl.resolved import write_resolved
 
 log = logging.getLogger("asyncrl.up")
 
@@ -105,19 +109,15 @@ def _forward(child: Child, log_dir: Path) -> None:
 
 def _signal_group(child: Child, sig: int) -> None:
     if child.proc is not None and child.proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _reap_group(child: Child) -> None:
     """Kill what is left of a dead child's process group (its pid is its group id)."""
     if child.proc is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def stop_all(children: list[Child], grace_s: float = 20.0) -> None:
@@ -146,6 +146,7 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
     try:
         while True:
             children = plan_children(cfg, config_path, overrides)
+            log.info("resolved configs: %s", write_resolved(cfg, cfg.run.dir, [c.name for c in children]))
             try:
                 for c in children:
                     _spawn(c, log_dir)
@@ -162,6 +163,7 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
             learner_restarts += 1
             _event(cfg, "restart", "all", learner_restarts, "learner died: restarting every process with --resume")
             overrides = [o for o in overrides if not o.startswith("run.resume=")] + ["run.resume=true"]
+            cfg.run.resume = True  # what the restarted processes read (and their resolved configs show)
             time.sleep(cfg.run.restart_backoff_s * 2 ** (learner_restarts - 1))
     finally:
         signal.signal(signal.SIGINT, prev)

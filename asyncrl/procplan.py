@@ -36,7 +36,8 @@ def role_argv(role: str, config_path: Path, overrides: list[str], index: int | N
 def processes(cfg: RunConfig, config_path: Path, overrides: list[str], plan: Plan | None = None) -> list[Process]:
     """Every process ``asyncrl up`` starts on this host, in start order (reward workers first)."""
     plan = plan or make_plan(cfg)
-    out = [Process(f"reward-{i}", role_argv("reward", config_path, overrides, i)) for i in range(cfg.reward.num_workers)]
+    out = [Process(f"reward-{i}", role_argv("reward", config_path, overrides, i))
+           for i in range(cfg.reward.num_workers)]
     out.append(Process("learner", role_argv("learner", config_path, overrides)))
     out += [Process(f"rollout-{i}", role_argv("rollout", config_path, overrides, i))
             for i in range(cfg.rollout.num_generators)]

@@ -12,6 +12,7 @@ import pytest
 
 from asyncrl import launcher
 from asyncrl.config import validate_config
+from tests.e2e import REPO
 
 
 def test_failing_child_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -19,8 +20,10 @@ def test_failing_child_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cfg = validate_config({"model": {"path": "m"}, "data": {"train": "t"},
                            "run": {"dir": str(tmp_path), "max_restarts": 0}})  # no restarts left
     children = [
-        launcher.Child("learner", [sys.executable, "-c", "import time; print('training', flush=True); time.sleep(60)"]),
-        launcher.Child("rollout-0", [sys.executable, "-c", "import sys, time; time.sleep(0.5); print('boom'); sys.exit(3)"]),
+        launcher.Child("learner",
+                       [sys.executable, "-c", "import time; print('training', flush=True); time.sleep(60)"]),
+        launcher.Child("rollout-0",
+                       [sys.executable, "-c", "import sys, time; time.sleep(0.5); print('boom'); sys.exit(3)"]),
     ]
     monkeypatch.setattr(launcher, "plan_children", lambda *a: children)
     t0 = time.monotonic()
@@ -40,6 +43,8 @@ def test_learner_success_ends_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(launcher, "plan_children", lambda *a: children)
     assert launcher.run_up(cfg, Path("x.toml"), []) == 0
     assert children[1].proc.poll() is not None
+    resolved = sorted(p.name for p in (tmp_path / "resolved").iterdir())
+    assert resolved == ["learner.json", "reward-0.json"]  # one per process started, before starting them
 
 
 def test_dead_reward_worker_is_restarted_with_backoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +73,31 @@ def test_learner_death_names_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with caplog.at_level(logging.ERROR):
         assert launcher.run_up(cfg, Path("x.toml"), []) == 1
     assert "learner exited with code 5" in caplog.text and "asyncrl up x.toml --resume" in caplog.text
+
+
+def test_resolved_configs_hold_the_sections_each_role_reads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """learner / rollout-<i> / reward-<j>: the sections that role reads, defaults filled in, overrides (old
+    key names included) applied at their new home; the algorithm shows only the keys in effect."""
+    from asyncrl.config import load_config
+    from asyncrl.resolved import ROLE_SECTIONS, write_resolved
+
+    cfg = load_config(REPO / "configs" / "tiny_cpu_gae.toml",
+                      [f"run.dir={tmp_path}", "rollout.n=6", "weight_sync.timeout_s=77", "reward.num_workers=2",
+                       'transport.rewards=["127.0.0.1:5560", "127.0.0.1:5561"]', "rollout.num_generators=2"])
+    names = ["reward-0", "reward-1", "learner", "rollout-0", "rollout-1"]
+    folder = write_resolved(cfg, cfg.run.dir, names)
+    got = {n: json.loads((folder / f"{n}.json").read_text()) for n in names}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.json" for n in names)  # no temp files left
+    for name, sections in got.items():
+        assert tuple(sections) == ROLE_SECTIONS[name.split("-")[0]]
+    learner, rollout, reward = got["learner"], got["rollout-1"], got["reward-1"]
+    assert learner["sampling"] == rollout["sampling"] == {"n": 6, "max_new_tokens": 16, "temperature": 1.0,
+                                                          "top_p": 1.0}
+    assert learner["weight_sync"]["timeout_s"] == rollout["weight_sync"]["timeout_s"] == 77.0
+    assert learner["rollout"] == {"num_generators": 2, "tensor_parallel_size": 1, "dtype": "float32"}
+    assert learner["algorithm"]["critic_lr"] == 1e-3 and learner["algorithm"]["lam"] == 0.95  # from the TOML
+    assert learner["algorithm"]["clip_low"] == 0.2 and "norm_adv_by_std" not in learner["algorithm"]
+    assert learner["learner"]["lr"] == 3e-3 and learner["run"]["dir"] == str(tmp_path)
+    assert "learner" not in rollout and "algorithm" not in rollout and rollout["rollout"]["max_inflight_prompts"] == 8
+    assert "sampling" not in reward and reward["reward"]["function"] == "toy_digits"
+    assert got["reward-0"] == reward  # the index is a command-line argument, not config
