@@ -1,9 +1,13 @@
 """The one typed configuration of an asyncrl run, read from one TOML file.
 
 Every process (learner, rollout generators, reward workers, the launcher) reads the
-same file into :class:`RunConfig`; each uses its own section. Unknown keys, wrong types
-and impossible combinations raise :class:`ConfigError` naming the key path, before any
-process starts::
+same file into :class:`RunConfig`. A role's own section (rollout, reward, learner,
+algorithm) is read by that role; a key more than one role reads lives in a shared section
+(sampling, weight_sync, liveness, transport, ...); the keys' old homes are deprecated
+aliases (:mod:`asyncrl.config_moved`). ``[algorithm]`` refuses keys that do not apply
+(:mod:`asyncrl.config_algorithm`). Unknown keys, wrong types and impossible combinations
+raise :class:`ConfigError` naming the key path, before any process starts; ``asyncrl up``
+writes what each process reads to ``<run dir>/resolved/`` (:mod:`asyncrl.resolved`)::
 
     cfg = load_config("configs/tiny_cpu.toml", overrides=["learner.lr=1e-3"])
 """
@@ -451,5 +455,5 @@ def validate_config(data: dict[str, Any], source: str = "config", schema: type[C
 
 
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
-    """JSON-able dict of a config (paths as strings), for handing to child processes."""
+    """JSON-able dict of a config (paths as strings), e.g. for a metrics backend's run config."""
     return cfg.model_dump(mode="json")

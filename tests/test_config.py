@@ -227,3 +227,13 @@ def test_refused_key_through_extends_and_set(tmp_path: Path) -> None:
         load_config(gae, ["algorithm.advantage=grpo"])
     with pytest.raises(ConfigError, match="algorithm.clip_c does not apply"):
         load_config(REPO / "configs" / "tiny_cpu_gspo.toml", ["algorithm.clip_c=3.0"])
+
+
+def test_docs_table_of_which_keys_apply_matches_the_rules() -> None:
+    from asyncrl.config_algorithm import RULES
+
+    doc = (REPO / "docs" / "algorithms.md").read_text()
+    table = doc[doc.index("## Which keys apply when"):]
+    for rule in RULES:
+        keys = ", ".join(f"`{k}`" for k in rule.keys.model_fields)
+        assert f"| {keys} | {rule.what} | `{rule.when.split(' (')[0]}`" in table, rule.what
