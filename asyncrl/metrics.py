@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class MetricsLogger:
         console: bool = True,
         wandb_enabled: bool = False,
         wandb_project: str = "asyncrl",
-        wandb_mode: str = "offline",
+        wandb_mode: Literal["offline", "online", "disabled"] = "offline",
         config: dict | None = None,
         progress_keys: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
@@ -90,8 +90,7 @@ class MetricsLogger:
         self._task = None
         # A progress bar on a pipe or file is a stream of control codes: plain lines there.
         if console and sys.stdout.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
                 TextColumn("step"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -112,7 +111,7 @@ class MetricsLogger:
             self._wandb_run.log(dict(record), step=step if isinstance(step, int) else None)
         if step is None:
             return  # e.g. a one-off event record: file/wandb only
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step, info=self.summary(record))
         else:
             log.info("step %s/%s %s", step, self.max_steps, self.summary(record))
@@ -128,7 +127,7 @@ class MetricsLogger:
         if not self._file.closed:
             self._file.close()
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:

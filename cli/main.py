@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
@@ -30,7 +30,7 @@ SET_HELP = "Override any key, e.g. --set learner.lr=1e-5 (repeatable)."
 RESUME_HELP = "Continue from the newest complete checkpoint in <run.dir>/checkpoints (same as --set run.resume=true)."
 
 
-def _overrides(sets: list[str], run_dir: Optional[Path], max_steps: Optional[int]) -> list[str]:
+def _overrides(sets: list[str], run_dir: Path | None, max_steps: int | None) -> list[str]:
     overrides = list(sets)
     if run_dir is not None:
         overrides.append(f"run.dir={run_dir}")
@@ -39,16 +39,16 @@ def _overrides(sets: list[str], run_dir: Optional[Path], max_steps: Optional[int
     return overrides
 
 
-def _load(config: Path, sets: list[str], run_dir: Optional[Path] = None,
-          max_steps: Optional[int] = None, resume: bool = False) -> tuple[RunConfig, list[str]]:
+def _load(config: Path, sets: list[str], run_dir: Path | None = None,
+          max_steps: int | None = None, resume: bool = False) -> tuple[RunConfig, list[str]]:
     overrides = _overrides(sets, run_dir, max_steps) + (["run.resume=true"] if resume else [])
     return load_config(config, overrides), overrides
 
 
 def _run(role: str, fn: Callable[[], object]) -> None:
     """The one error handler per process: bad input → exit 2, failures → exit 1."""
-    from asyncrl.data.format import DataError
     from asyncrl.curve import CurveError
+    from asyncrl.data.format import DataError
     from asyncrl.errors import CheckpointError, PeerMissing
     from asyncrl.placement import PlacementError
 
@@ -56,18 +56,18 @@ def _run(role: str, fn: Callable[[], object]) -> None:
         fn()
     except (ConfigError, DataError, CheckpointError, CurveError, PlacementError) as e:
         typer.echo(f"asyncrl {role}: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except PeerMissing as e:  # a bounded wait ran out: the message names who did not come
         typer.echo(f"asyncrl {role}: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except typer.Exit:
         raise
     except Exception as e:
         traceback.print_exc()
         typer.echo(f"asyncrl {role}: failed: {type(e).__name__}: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from e
 
 
 def _setup_logging(name: str, cfg: Any) -> None:
@@ -77,8 +77,8 @@ def _setup_logging(name: str, cfg: Any) -> None:
 
 @app.command()
 def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
-       run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
-       max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+       run_dir: Path | None = typer.Option(None, "--run-dir", help="Override run.dir."),
+       max_steps: int | None = typer.Option(None, "--max-steps", help="Override run.max_steps."),
        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
        dry_run: bool = typer.Option(False, "--dry-run", help="Validate, then print every process with its "
                                     "command line, devices and addresses; start nothing."),
@@ -157,8 +157,8 @@ def reward(config: Path = typer.Argument(..., help="Run config (TOML)."),
 
 @app.command()
 def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/sft/."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+        run_dir: Path | None = typer.Option(None, "--run-dir", help="Override run.dir."),
+        max_steps: int | None = typer.Option(None, "--max-steps", help="Override run.max_steps."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Supervised fine-tuning on prompt/response (or chat messages) parquet; loss on responses only."""
     def go() -> None:
@@ -172,8 +172,8 @@ def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/
 
 @app.command("rm-train")
 def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML), see configs/rm/."),
-             run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override run.dir."),
-             max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override run.max_steps."),
+             run_dir: Path | None = typer.Option(None, "--run-dir", help="Override run.dir."),
+             max_steps: int | None = typer.Option(None, "--max-steps", help="Override run.max_steps."),
              set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Bradley-Terry reward-model training on prompt/chosen/rejected parquet."""
     def go() -> None:

@@ -24,6 +24,7 @@ sit at positions ``o + p - 1 .. o + p + r - 2``. Feed ``model(...).logits[:, :-1
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,10 +65,11 @@ class TrainBatch:
         """Tokens the model computes on (padding included)."""
         return int(self.input_ids.numel())
 
-    def to(self, device: torch.device | str) -> "TrainBatch":
+    def to(self, device: torch.device | str) -> TrainBatch:
         """A copy with every tensor on ``device``."""
-        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                             for f in fields(self)})
+        moved: dict[str, Any] = {  # None only where the field is Optional
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)}
+        return TrainBatch(**moved)
 
     def response_starts(self) -> Tensor:
         """``[N]`` grid column predicting each sample's first response token."""
@@ -150,7 +152,8 @@ def build_batch(
 
 def pack_rows(lengths: list[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
     """First-fit decreasing: each sample's row and offset, and each row's filled length."""
-    rows, offsets, fill = [0] * len(lengths), [0] * len(lengths), []
+    rows, offsets = [0] * len(lengths), [0] * len(lengths)
+    fill: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         r = next((k for k, f in enumerate(fill) if f + lengths[i] <= capacity), len(fill))
         if r == len(fill):

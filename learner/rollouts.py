@@ -33,7 +33,7 @@ class Rollouts:
         return self.mask.sum(-1)
 
     @classmethod
-    def from_groups(cls, groups: list[pa.RecordBatch], learner_version: int) -> "Rollouts":
+    def from_groups(cls, groups: list[pa.RecordBatch], learner_version: int) -> Rollouts:
         prompts, responses, behaviour, scores, index, stale, baselines = [], [], [], [], [], [], []
         for g_idx, g in enumerate(groups):
             rows = g.to_pylist()

@@ -33,17 +33,17 @@ from transformers import PreTrainedModel
 from asyncrl.config import AlgorithmSection, LearnerSection
 from asyncrl.hardware import autocast_bf16_ok
 from learner.algo.advantages import get_estimator
-from learner.algo.logprobs import entropy_from_logits, token_logprobs
-from learner.batch import TrainBatch, build_batch
-from learner.fsdp.critic import ValueModel
 from learner.algo.dapo import overlong_penalty
 from learner.algo.distill import distill_rewards
 from learner.algo.kl import AdaptiveKLController, FixedKLController, kl_penalty, reward_kl_mean
+from learner.algo.logprobs import entropy_from_logits, token_logprobs
 from learner.algo.losses import agg_loss, entropy_bonus, get_policy_loss, value_loss
 from learner.algo.offpolicy import correction, staleness_weights
+from learner.algo.ppo import Accumulator, PreparedBatch, mean_over_updates, mini_batches, old_source, scale_grads
+from learner.batch import TrainBatch, build_batch
+from learner.fsdp.critic import ValueModel
 from learner.fsdp.memory import peak_rss_mb, rss_mb
 from learner.microbatch import rank_micro_batches
-from learner.algo.ppo import Accumulator, PreparedBatch, mean_over_updates, mini_batches, old_source, scale_grads
 from learner.rollouts import Rollouts, outcome_token_rewards, response_view, sample_lengths
 
 
@@ -167,11 +167,13 @@ class Trainer:
             rewards = rewards + term
         return rewards
 
-    def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, float]:
-        """One learner step: ``ppo_mini_batches x ppo_epochs`` optimiser steps on ``groups``."""
+    def step(self, groups: list[pa.RecordBatch], learner_version: int) -> dict[str, Any]:
+        """One learner step: ``ppo_mini_batches x ppo_epochs`` optimiser steps on ``groups``.
+
+        Returns float metrics, plus ``staleness_hist`` (policy-version lag -> samples)."""
         a, lr = self.algo, self.learner
         ro = Rollouts.from_groups(groups, learner_version)
-        stats: dict[str, float] = {}
+        stats: dict[str, Any] = {}
         pre = self._phase_a(ro, old=old_source(lr, a) == "pass")
         ref, values, old = pre.get("ref"), pre.get("values"), pre.get("old")
         rewards = self._token_rewards(ro, ref, pre.get("teacher"), stats)
@@ -183,7 +185,7 @@ class Trainer:
         minis = mini_batches(ro.index, lr.ppo_mini_batches)
         updates = [self._update(pb, members) for _ in range(lr.ppo_epochs) for members in minis]
         stats.update(mean_over_updates(updates), optimizer_steps=float(len(updates)),
-                     lr=self.scheduler.get_last_lr()[0])
+                     lr=float(self.scheduler.get_last_lr()[0]))
         self.scheduler.step()
         stats["advantage_abs_mean"] = float((adv.abs() * ro.mask).sum() / ro.mask.sum().clamp(min=1))
         stats["response_len_mean"] = float(ro.lengths.mean())
@@ -256,6 +258,7 @@ class Trainer:
         mask, beh = ro.mask[idx].to(dev), ro.behaviour[idx].to(dev)
         with self._autocast():
             lp_grid, ent_grid = policy_forward(self.policy, tb, self.temperature, entropy=True)
+        assert ent_grid is not None  # asked for
         lp, ent = response_view(lp_grid, tb, T), response_view(ent_grid, tb, T)
         old = self._old(pb, idx, lp, beh)
         w, keep, metrics = correction(old, beh, mask, mode=a.correction, cap=a.is_cap, lower=a.is_lower,

@@ -31,7 +31,7 @@ try:
     from math_verify.errors import TimeoutException
 except ImportError:  # pragma: no cover - math-verify is a dependency; degrade to the fallback
     math_verify = None
-    TimeoutException = TimeoutError  # type: ignore[assignment,misc]
+    TimeoutException = TimeoutError
 
 MATH_CORRECT = 1.0
 MATH_WRONG = 0.0

@@ -16,6 +16,7 @@ notice), so a function printing gigabytes cannot flood the worker's logs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import numbers
@@ -81,8 +82,8 @@ def _score_one(cache: dict[str, Any], item: Item) -> Result:
 def _child_main(conn: Connection) -> None:
     """Worker loop: receive a list of items, send back one result per item as it finishes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    sys.stdout = _CappedStream(sys.stdout, OUTPUT_LIMIT)  # type: ignore[assignment]
-    sys.stderr = _CappedStream(sys.stderr, OUTPUT_LIMIT)  # type: ignore[assignment]
+    sys.stdout = _CappedStream(sys.stdout, OUTPUT_LIMIT)
+    sys.stderr = _CappedStream(sys.stderr, OUTPUT_LIMIT)
     import reward.functions  # noqa: F401 - import before "ready" so start-up is not timed
 
     cache: dict[str, Any] = {}
@@ -138,9 +139,11 @@ class SafeRewardCaller:
 
     def _receive(self, fn_name: str) -> Result:
         """The next result, or an error after killing a child that hung or died."""
+        conn = self._conn
+        assert conn is not None, "_receive() runs after _start()"
         try:
-            if self._conn.poll(self.timeout_s):
-                score, error = _recv(self._conn)
+            if conn.poll(self.timeout_s):
+                score, error = _recv(conn)
                 return float(score), error
             error = f"{fn_name} timed out after {self.timeout_s} s"
         except (EOFError, OSError):
@@ -160,8 +163,10 @@ class SafeRewardCaller:
                     self._start()
             except Exception as exc:  # noqa: BLE001 - reported per item instead
                 return results + [(0.0, f"reward worker could not start: {exc}")] * len(pending)
+            conn = self._conn
+            assert conn is not None, "started above"
             try:
-                _send(self._conn, [list(item) for item in pending])
+                _send(conn, [list(item) for item in pending])
             except Exception as exc:  # noqa: BLE001 - e.g. extra_info msgpack cannot encode
                 self._kill()
                 if len(pending) == 1:
@@ -196,10 +201,8 @@ class SafeRewardCaller:
         """Stop the child process (idempotent)."""
         with self._lock:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     _send(self._conn, None)
-                except (OSError, ValueError):
-                    pass
             if self._proc is not None:
                 self._proc.join(1)
             self._kill()

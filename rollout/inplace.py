@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,14 +33,15 @@ class InplacePlan:
     """Whether the fast path applies to a model, and which layers need re-packing after it."""
 
     reason: str | None  # None: the fast path is safe; otherwise why not (the fallback is used)
-    repack: list[torch.nn.Module] = field(default_factory=list)
+    repack: list[Any] = field(default_factory=list)  # vLLM layers with a quant_method
     expected: set[str] = field(default_factory=set)  # vLLM parameter names a full update must touch
 
 
-def _honors_weight_arg(layer: torch.nn.Module) -> bool:
+def _honors_weight_arg(layer: Any) -> bool:
     """True when ``layer.cpu_linear(x, w, None)`` computes ``x @ w.T`` with the ``w`` passed in.
 
     A packed layer ignores ``w`` and multiplies by its prepacked copy of the start-up weight.
+    ``layer`` is a vLLM CPU GEMM layer (untyped: ``weight``, ``cpu_linear``, ``quant_method``).
     """
     w = layer.weight
     gen = torch.Generator().manual_seed(1234)
@@ -57,7 +59,7 @@ def inspect_model(model: torch.nn.Module, quantization: str | None) -> InplacePl
         return InplacePlan(f"quantized model ({quantization})")
     if not callable(getattr(model, "load_weights", None)):
         return InplacePlan(f"{type(model).__name__} has no load_weights")
-    repack: list[torch.nn.Module] = []
+    repack: list[Any] = []
     for name, mod in model.named_modules():
         method = getattr(mod, "quant_method", None)
         if method is not None and type(method).__name__ not in PLAIN_METHODS:
@@ -78,9 +80,11 @@ def inspect_model(model: torch.nn.Module, quantization: str | None) -> InplacePl
     return InplacePlan(None, repack, expected)
 
 
-def apply_inplace(model: torch.nn.Module, plan: InplacePlan,
+def apply_inplace(model: Any, plan: InplacePlan,
                   weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Copy HF-named ``weights`` into the model's existing parameters, then re-pack ``plan.repack``.
+
+    ``model`` is the vLLM model :func:`inspect_model` accepted (an ``nn.Module`` with ``load_weights``).
 
     Raises when the update did not touch every parameter: serving a half-updated model would be
     silently wrong (the sender always sends a full state dict).

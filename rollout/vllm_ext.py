@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from asyncrl.weight_sync import SyncGroup
 
 # A child of vLLM's logger: vLLM configures "vllm" in its worker processes, so these lines
 # reach the engine's log like vLLM's own (a logger named after this module would be silent).
@@ -22,7 +25,10 @@ log = logging.getLogger("vllm.asyncrl.weight_sync")
 class WeightSyncExtension:
     """Mixed into vLLM's worker class by vLLM itself."""
 
-    model_runner: Any
+    model_runner: Any  # these two come from vLLM's worker class
+    reload_weights: Any
+    _asyncrl_group: SyncGroup | None  # set by asyncrl_init_sync
+    _asyncrl_buffers: list[torch.Tensor]  # bucket buffers kept between syncs
 
     def asyncrl_init_sync(self, host: str, port: int, rank: int, world_size: int,
                           timeout_s: float, backend: str, epoch: int = 0, namespace: str = "") -> bool:
@@ -62,6 +68,9 @@ class WeightSyncExtension:
         """
         from asyncrl.weight_sync import receive_state
 
+        group = getattr(self, "_asyncrl_group", None)
+        if group is None:
+            raise RuntimeError("asyncrl_receive_weights called before asyncrl_init_sync")
         t0 = time.perf_counter()
         metas = [(str(n), str(d), [int(s) for s in shape]) for n, d, shape in metas]
         device = getattr(self.model_runner, "device", "cpu")
@@ -71,7 +80,7 @@ class WeightSyncExtension:
         # On a GPU the in-place copy needs only two bucket buffers, not a second copy of the model in
         # device memory; the layer-wise reload keeps tensors until a layer completes, so not there.
         ring = 2 if plan.reason is None and torch.device(device).type == "cuda" else 0
-        timed = _Timed(receive_state(self._asyncrl_group, metas, bucket_bytes, device=device, buffers=buffers,
+        timed = _Timed(receive_state(group, metas, bucket_bytes, device=device, buffers=buffers,
                                      digests=digests, ring=ring))
         try:
             if plan.reason is None:

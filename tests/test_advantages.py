@@ -16,8 +16,7 @@ import math
 import pytest
 import torch
 
-from learner.algo.advantages import (ADVANTAGE_ESTIMATORS, get_estimator, needs_baseline,
-                                needs_values)
+from learner.algo.advantages import ADVANTAGE_ESTIMATORS, get_estimator, needs_baseline, needs_values
 from learner.algo.dapo import groups_with_signal, overlong_penalty
 
 # 4 samples x 3 tokens. Outcome reward on the last valid token plus small per-token
@@ -155,7 +154,7 @@ def test_gae_golden():
     for rr, vv, mm in zip(REWARDS, VALUES, MASK):
         n = sum(mm)  # trailing padding only
         deltas = [rr[t] + gamma * (vv[t + 1] if t + 1 < n else 0.0) - vv[t] for t in range(n)]
-        row = [sum((gamma * lam) ** l * deltas[t + l] for l in range(n - t)) for t in range(n)]
+        row = [sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t)) for t in range(n)]
         raw.append(row + [0.0] * (len(rr) - n))
         returns.append([row[t] + vv[t] for t in range(n)] + [0.0] * (len(rr) - n))
     a, ret = _run("gae", values=_t(VALUES), gamma=gamma, lam=lam)

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli.data.arith import write_arith
 from asyncrl.data.dataset import PromptRow, load_prompts
-from cli.data.gsm8k import INSTRUCTION, convert_gsm8k
 from asyncrl.data.format import DataError
+from cli.data.arith import write_arith
+from cli.data.gsm8k import INSTRUCTION, convert_gsm8k
 from reward.functions import arith as arith_reward
 
 GSM8K_ROWS = [

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli.data.custom import convert_custom
 from asyncrl.data.dataset import load_prompts
+from asyncrl.data.format import DataError
+from cli.data.commands import app
+from cli.data.custom import convert_custom
 from cli.data.filter import LengthFilter, make_filter
 from cli.data.inspect import inspect_file
 from cli.data.math import DATA_SOURCE, INSTRUCTION, convert_math
-from asyncrl.data.format import DataError
-from cli.data.commands import app
 from reward.functions import default_reward_name, get_reward_fn
 
 MATH_ROWS = [

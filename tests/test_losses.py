@@ -13,8 +13,7 @@ import math
 import pytest
 import torch
 
-from learner.algo.losses import (AGG_MODES, POLICY_LOSSES, agg_loss, entropy_bonus,
-                            get_policy_loss, value_loss)
+from learner.algo.losses import AGG_MODES, POLICY_LOSSES, agg_loss, entropy_bonus, get_policy_loss, value_loss
 
 CL, CH, C = 0.2, 0.28, 3.0
 L15, L07, L14, L4, L11 = (math.log(x) for x in (1.5, 0.7, 1.4, 4.0, 1.1))
@@ -203,7 +202,10 @@ def test_value_loss_golden():
             row.append(max(l1, l2))
             n_clip += m and l2 > l1
         mat.append(row)
-    f = lambda x: torch.tensor(x, dtype=torch.float64)
+
+    def f(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float64)
+
     for mode in ("token-mean", "seq-mean-token-mean"):
         loss, met = value_loss(f(v), f(old), f(ret), f(mask), c, agg_mode=mode)
         assert loss.item() == pytest.approx(0.5 * _agg_ref(mat, mask, mode), abs=1e-12)

@@ -76,7 +76,8 @@ def test_every_option_steps(tiny_model_dir, algo: dict) -> None:
         assert "kl_reward" in stats
 
 
-@pytest.mark.parametrize("algo", [{"advantage": "grpo"}, {"advantage": "gae", "kl_loss_coef": 0.1}], ids=["grpo", "gae"])
+@pytest.mark.parametrize("algo", [{"advantage": "grpo"}, {"advantage": "gae", "kl_loss_coef": 0.1}],
+                         ids=["grpo", "gae"])
 def test_packed_and_padded_steps_agree(tiny_model_dir, algo: dict) -> None:
     """Packing and token-budget micro-batching change the layout, not the update."""
     results = []

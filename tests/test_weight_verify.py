@@ -9,14 +9,22 @@ are rejected before they serve, and a group under another namespace never meets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
 import torch
 
 from asyncrl.config import validate_config
-from asyncrl.weight_sync import (DigestingGroup, SyncGroup, WeightSyncTimeout, connect_store,
-                                 receive_state, send_state, tensor_metas)
+from asyncrl.weight_sync import (
+    DigestingGroup,
+    SyncGroup,
+    WeightSyncTimeout,
+    connect_store,
+    receive_state,
+    send_state,
+    tensor_metas,
+)
 from rollout.weights import WeightReceiver, WeightsRejected
 from tests.conftest import free_port
 
@@ -86,10 +94,8 @@ def test_group_in_another_namespace_never_meets_this_one() -> None:
 
 
 def _try_join(port: int) -> None:
-    try:
+    with contextlib.suppress(WeightSyncTimeout):
         SyncGroup("127.0.0.1", port, 1, 2, timeout_s=3, namespace="guess")
-    except WeightSyncTimeout:
-        pass
 
 
 def test_ring_of_two_buffers_receives_every_bucket() -> None:

@@ -98,8 +98,8 @@ def load_prompts(path: Path) -> list[PromptRow]:
         messages = to_messages(columns["prompt"][i], f"{path}: row {i}, column 'prompt'")
         truth = _ground_truth(reward["ground_truth"], f"{path}: row {i}, column 'reward_model.ground_truth'")
         rows.append(PromptRow(i, i, messages, source, truth, extra))
-    ids = [r.extra_info.get("index") for r in rows]
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in ids) and len(set(ids)) == len(ids):
+    ids = [x for r in rows if isinstance(x := r.extra_info.get("index"), int) and not isinstance(x, bool)]
+    if len(ids) == len(rows) and len(set(ids)) == len(ids):
         for row, prompt_id in zip(rows, ids):
             row.prompt_id = prompt_id
     return rows

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from cli.data.filter import LengthFilter
 
 app = typer.Typer(help="Prepare datasets (veRL parquet schema).", no_args_is_help=True, add_completion=False)
 
@@ -23,7 +26,7 @@ def _fail(command: str, exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _report(paths: tuple[Path, Path], length_filter: object = None) -> None:
+def _report(paths: tuple[Path, Path], length_filter: LengthFilter | None = None) -> None:
     """Filter files already written (arith, gsm8k) when asked, then print one line per file."""
     import pyarrow.parquet as pq
 
@@ -56,8 +59,8 @@ def arith(
     max_value: int = typer.Option(20, help="Largest operand."),
     ops: str = typer.Option("+", help="Operations to draw from, e.g. '+-*'."),
     seed: int = typer.Option(0, help="Seed of the problem draw."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after the draw."),
-    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after the draw."),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
     kind: str = typer.Option("rl", "--kind", help="rl: prompts + ground truth (veRL schema); sft: prompt + "
                              "worked response; preference: prompt + chosen (right) + rejected (wrong answer)."),
 ) -> None:
@@ -66,7 +69,8 @@ def arith(
     from cli.data.filter import make_filter
 
     try:
-        draw = dict(n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value, ops=ops, seed=seed)
+        draw: dict[str, Any] = dict(n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value,
+                                    ops=ops, seed=seed)
         if kind != "rl":
             if max_prompt_tokens is not None:
                 raise ValueError("--max-prompt-tokens applies to --kind rl only")
@@ -84,11 +88,11 @@ def arith(
 def gsm8k(
     source: str = typer.Option(..., "--source", help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
-    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP),
+    limit: int | None = typer.Option(None, help=LIMIT_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after --limit."),
-    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP + " Applied after --limit."),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
 ) -> None:
     """Convert GSM8K (question/answer with '#### N') to veRL's schema, as veRL's preprocessor does."""
     from cli.data.filter import make_filter
@@ -107,11 +111,11 @@ def math_(
     source: str = typer.Option(..., "--source", help=SOURCE_HELP + " CSV/TSV files work too."),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
     data_source: str = typer.Option("DigitalLearningGmbH/MATH-lighteval", help="data_source of every row."),
-    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
+    limit: int | None = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
     seed: int = typer.Option(0, help=SEED_HELP),
     test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP),
-    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
 ) -> None:
     """Convert MATH / MATH-500 rows (problem, solution with \\boxed{}, optional answer) as veRL does."""
     from cli.data.filter import make_filter
@@ -135,15 +139,15 @@ def custom(
     prompt_column: str = typer.Option(..., help="Column with the prompt text (or a list of {role, content})."),
     answer_column: str = typer.Option(..., help="Column with the ground truth for the reward."),
     data_source: str = typer.Option("custom", help="data_source of every row (selects the reward function)."),
-    template: Optional[str] = typer.Option(
+    template: str | None = typer.Option(
         None, help="Prompt template with {prompt} (and optionally {COLUMN}); other braces are kept as written."
     ),
-    system_prompt: Optional[str] = typer.Option(None, help="System message put before each prompt."),
-    limit: Optional[int] = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
+    system_prompt: str | None = typer.Option(None, help="System message put before each prompt."),
+    limit: int | None = typer.Option(None, help=LIMIT_HELP + " Applied after --max-prompt-tokens."),
     seed: int = typer.Option(0, help=SEED_HELP),
     test_fraction: float = typer.Option(0.1, help=FRACTION_HELP),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help=MAX_TOKENS_HELP),
-    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
 ) -> None:
     """Convert any jsonl/json/csv/tsv/parquet table with prompt and answer columns to veRL's schema."""
     from cli.data.custom import convert_custom

@@ -23,8 +23,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from cli.data.filter import LengthFilter, SplitResult, write_splits
 from asyncrl.data.format import DataError, make_row
+from cli.data.filter import LengthFilter, SplitResult, write_splits
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
 DEFAULT_DATA_SOURCE = "custom"

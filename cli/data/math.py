@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from asyncrl.data.format import DataError, make_row
 from cli.data.custom import load_splits, require_column, scalar_text
 from cli.data.filter import LengthFilter, SplitResult, write_splits
-from asyncrl.data.format import DataError, make_row
 from reward.math_reward import last_boxed_answer
 
 DATA_SOURCE = "DigitalLearningGmbH/MATH-lighteval"

@@ -6,8 +6,8 @@ nothing until the whole rendering has succeeded; without ``--out`` the text goes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -21,7 +21,7 @@ SET_HELP = "Override any key for every process, e.g. --set learner.lr=1e-5 (repe
 LEARNER_NODES_HELP = "Hosts the learner spans (sets learner.nnodes; learner.world_size must be a multiple)."
 
 
-def _load(config: Path, sets: list[str], learner_nodes: Optional[int]) -> tuple[RunConfig, list[str]]:
+def _load(config: Path, sets: list[str], learner_nodes: int | None) -> tuple[RunConfig, list[str]]:
     """The config with the caller's overrides and --learner-nodes; also the overrides every process
     needs (the caller's and learner.nnodes; the rendezvous host is filled in by the renderer)."""
     overrides = list(sets)
@@ -38,7 +38,7 @@ def _load(config: Path, sets: list[str], learner_nodes: Optional[int]) -> tuple[
     return load_config(config, overrides + placeholder), overrides
 
 
-def _emit(text: str, out: Optional[Path], what: str, next_step: str) -> None:
+def _emit(text: str, out: Path | None, what: str, next_step: str) -> None:
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -53,24 +53,24 @@ def _run(fn: Callable[[], None]) -> None:
         fn()
     except ConfigError as e:
         typer.echo(f"asyncrl deploy: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def slurm(config: Path = typer.Argument(..., help=CONFIG_HELP),
-          nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes to ask for; must be the count the "
+          nodes: int | None = typer.Option(None, "--nodes", help="Nodes to ask for; must be the count the "
                                               "layout fills (default: that count)."),
-          learner_nodes: Optional[int] = typer.Option(None, "--learner-nodes", help=LEARNER_NODES_HELP),
-          gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="GPUs on each node (default "
+          learner_nodes: int | None = typer.Option(None, "--learner-nodes", help=LEARNER_NODES_HELP),
+          gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", help="GPUs on each node (default "
                                                       "8; 0 for CPU nodes, the default with placement.device=cpu)."),
-          partition: Optional[str] = typer.Option(None, "--partition", help="#SBATCH --partition."),
-          account: Optional[str] = typer.Option(None, "--account", help="#SBATCH --account."),
-          time: Optional[str] = typer.Option(None, "--time", help="#SBATCH --time, e.g. 12:00:00 or 2-00:00:00."),
+          partition: str | None = typer.Option(None, "--partition", help="#SBATCH --partition."),
+          account: str | None = typer.Option(None, "--account", help="#SBATCH --account."),
+          time: str | None = typer.Option(None, "--time", help="#SBATCH --time, e.g. 12:00:00 or 2-00:00:00."),
           job_name: str = typer.Option("asyncrl", "--job-name", help="#SBATCH --job-name."),
-          curve_dir: Optional[Path] = typer.Option(None, "--curve-dir", help="Shared path of the CURVE keys "
+          curve_dir: Path | None = typer.Option(None, "--curve-dir", help="Shared path of the CURVE keys "
                                                    "(created by the job when missing; default: "
                                                    "transport.curve_dir, else <run.dir>/curve)."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Script file (default: stdout)."),
+          out: Path | None = typer.Option(None, "--out", help="Script file (default: stdout)."),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Write an sbatch script: the learner via torchrun across its nodes, each generator and reward
     worker an srun step, addresses filled in from the allocation, CURVE keys from a shared path.
@@ -92,14 +92,14 @@ def k8s(config: Path = typer.Argument(..., help=CONFIG_HELP),
         image: str = typer.Option(..., "--image", help="Container image with asyncrl installed (`asyncrl` on PATH)."),
         namespace: str = typer.Option("default", "--namespace", help="Namespace of every object."),
         name: str = typer.Option("asyncrl", "--name", help="Prefix of every object's name."),
-        learner_nodes: Optional[int] = typer.Option(None, "--learner-nodes", help=LEARNER_NODES_HELP + " One pod each."),
-        curve_secret: Optional[str] = typer.Option(None, "--curve-secret", help="Secret holding the CURVE keys "
+        learner_nodes: int | None = typer.Option(None, "--learner-nodes", help=LEARNER_NODES_HELP + " One pod each."),
+        curve_secret: str | None = typer.Option(None, "--curve-secret", help="Secret holding the CURVE keys "
                                                    "(default: <name>-curve)."),
-        volume_claim: Optional[str] = typer.Option(None, "--volume-claim", help="PersistentVolumeClaim mounted at "
+        volume_claim: str | None = typer.Option(None, "--volume-claim", help="PersistentVolumeClaim mounted at "
                                                    "--workdir in every pod (model, data, run.dir)."),
         workdir: str = typer.Option("/workspace", "--workdir", help="Containers' working directory; relative "
                                     "config paths start here."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Manifest file (default: stdout)."),
+        out: Path | None = typer.Option(None, "--out", help="Manifest file (default: stdout)."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Write Kubernetes manifests: a ConfigMap with the run's TOML (addresses are headless-service DNS
     names, so one file holds for every pod), a StatefulSet and headless Service each for the learner,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -46,7 +45,7 @@ def tiny(
 @app.command("import-gguf")
 def import_gguf_cmd(
     out: Path = typer.Option(..., "--out", help="Directory to write the HF model into."),
-    gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF file (default: bundled SmolLM2-135M-Instruct)."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="GGUF file (default: bundled SmolLM2-135M-Instruct)."),
 ) -> None:
     """De-quantize a GGUF file into a float32 HF model directory (default: SmolLM2-135M-Instruct)."""
     from cli.model.gguf import import_gguf

@@ -86,7 +86,8 @@ def write_tiny_model(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_char_tokenizer()
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("bos", IM_START), ("eos", IM_END), ("pad", PAD))}
+    vocab = tok.get_vocab()  # added tokens included
+    ids = {name: vocab[t] for name, t in (("bos", IM_START), ("eos", IM_END), ("pad", PAD))}
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -104,7 +105,7 @@ def write_tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model = LlamaForCausalLM(config).float()  # float32 (.to(dtype) is mistyped by transformers' @wraps)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"]
     )

@@ -18,7 +18,7 @@ Padding may hold arbitrary (even infinite) values, so masked positions are repla
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

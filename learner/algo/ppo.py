@@ -27,7 +27,7 @@ budget, packing or world size, also when tokens are filtered out of the loss.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -99,8 +99,8 @@ class Accumulator:
     two are divided by the totals of ``count`` and ``kept``.
     """
 
-    sums: dict[str, Counter[str]] = field(default_factory=lambda: {"share": Counter(), "count": Counter(),
-                                                                   "kept": Counter()})
+    sums: dict[str, defaultdict[str, float]] = field(
+        default_factory=lambda: {"share": defaultdict(float), "count": defaultdict(float), "kept": defaultdict(float)})
     extremes: dict[str, dict[str, float]] = field(default_factory=lambda: {"max": {}, "min": {}})
     count: float = 0.0
     kept: float = 0.0

@@ -36,6 +36,15 @@ log = logging.getLogger("learner.checkpoint")
 Trainable = tuple[torch.nn.Module, torch.optim.Optimizer]
 
 
+def _state_dicts(modules: dict[str, Trainable]) -> dict[str, dict[str, Any]]:
+    """``{name: {"model": ..., "optim": ...}}``: what DCP saves, and the templates it loads into."""
+    sd = {}
+    for name, (module, optim) in modules.items():
+        msd, osd = get_state_dict(module, optim)
+        sd[name] = {"model": msd, "optim": osd}
+    return sd
+
+
 def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "manifest.json"}
@@ -72,10 +81,7 @@ class Checkpointer:
         if rank == 0 and path.exists():
             shutil.rmtree(path)  # a stale partial save of the same step
         dist.barrier()
-        sd = {}
-        for name, (module, optim) in modules.items():
-            msd, osd = get_state_dict(module, optim)
-            sd[name] = {"model": msd, "optim": osd}
+        sd = _state_dicts(modules)
         dcp.save(sd, checkpoint_id=str(path / "dcp"))
         (path / "rng").mkdir(parents=True, exist_ok=True)
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, path / "rng" / f"rank{rank}.pt")
@@ -108,10 +114,7 @@ class Checkpointer:
         problem = verify(path)
         if problem is not None:
             raise CheckpointError(f"checkpoint {path} is unusable: {problem}")
-        sd = {}
-        for name, (module, optim) in modules.items():
-            msd, osd = get_state_dict(module, optim)
-            sd[name] = {"model": msd, "optim": osd}
+        sd = _state_dicts(modules)
         dcp.load(sd, checkpoint_id=str(path / "dcp"))
         for name, (module, optim) in modules.items():
             set_state_dict(module, optim, model_state_dict=sd[name]["model"], optim_state_dict=sd[name]["optim"])

@@ -31,4 +31,4 @@ class ValueModel(nn.Module):
 
 def load_critic(path: Path, dtype: str, opts: ShardingFields | None = None) -> ValueModel:
     model = ValueModel(path, getattr(torch, dtype))
-    return shard(model, model.backbone.layers, opts)  # type: ignore[return-value]
+    return shard(model, model.backbone.layers, opts)

@@ -6,18 +6,20 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 from asyncrl.config import ShardingFields
 
 log = logging.getLogger("learner.model")
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 def init_distributed() -> None:
@@ -54,8 +56,7 @@ def decoder_layers(model: torch.nn.Module, path: Path) -> torch.nn.ModuleList:
     return layers
 
 
-def shard(root: torch.nn.Module, layers: torch.nn.ModuleList, opts: ShardingFields | None = None,
-          ) -> torch.nn.Module:
+def shard(root: ModuleT, layers: torch.nn.ModuleList, opts: ShardingFields | None = None) -> ModuleT:
     """Move to the accelerator if any, then FSDP2: one unit per layer plus the root.
 
     ``opts``: bf16 mixed precision with fp32 reduction, activation checkpointing of each
@@ -66,7 +67,7 @@ def shard(root: torch.nn.Module, layers: torch.nn.ModuleList, opts: ShardingFiel
     if cuda:
         root.to(torch.device("cuda", torch.cuda.current_device()))
     if opts.gradient_checkpointing:  # the HF model itself, or the one a wrapper holds
-        hf = next((m for m in root.modules() if hasattr(m, "gradient_checkpointing_enable")), None)
+        hf = next((m for m in root.modules() if isinstance(m, PreTrainedModel)), None)
         if hf is None:
             raise ValueError(f"{type(root).__name__} does not support gradient checkpointing")
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -84,10 +85,11 @@ def shard(root: torch.nn.Module, layers: torch.nn.ModuleList, opts: ShardingFiel
     return root
 
 
-def full_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded HF-named tensors on CPU (every rank participates; rank 0 gets them all)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts)
+    # A model's state dict holds tensors only (torch types it as any state-dict value).
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=opts))
 
 
 def sync_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -121,7 +123,8 @@ def save_hf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Pat
             raise RuntimeError(f"export to {out}: missing {missing}, unexpected {unexpected}")
         fresh.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        if getattr(hf, "generation_config", None) is not None:
-            hf.generation_config.save_pretrained(out)
+        generation_config = getattr(hf, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(out)
     dist.barrier()
     return out

@@ -29,7 +29,7 @@ drops the buffers a dead group may still be reading; the retry streams again fro
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -92,7 +92,7 @@ class Gatherer:
                 out.copy_(t.detach().reshape(-1))
             return
         if t.device.type != t.device_mesh.device_type:  # CPU-offloaded shards of an accelerator mesh
-            t = t.to(t.device_mesh.device_type)
+            t = cast(DTensor, t.to(t.device_mesh.device_type))  # DTensor.to returns a DTensor
         if t.device_mesh.ndim != 1 or t.placements[0] != Shard(0) or t.dim() == 0:
             with torch.no_grad():
                 full = t.full_tensor()
@@ -115,7 +115,7 @@ class Gatherer:
             h = min(step, c - j0)
             send = self._buf("send", h * width, dtype, t.device).view(h, width)
             mine = max(0, min(h, have - j0))
-            if mine:
+            if mine and local is not None:
                 send[:mine].copy_(local[j0:j0 + mine])  # the rows past this shard's end are never read
             recv = self._buf("recv", world * h * width, dtype, t.device)
             dist.all_gather_single(recv, send.reshape(-1), group=group)

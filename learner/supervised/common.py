@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from asyncrl.config import LoggingSection, RunSection, dump_config
+from asyncrl.config import LoggingSection, RunSection
 from asyncrl.hardware import autocast_bf16_ok
 from asyncrl.metrics import MetricsLogger
 from asyncrl.train_config import TrainSection
@@ -28,9 +28,13 @@ log = logging.getLogger("learner.supervised")
 
 
 class SupervisedConfig(Protocol):
+    """What the trainers read of an SFT or reward-model config (pydantic models)."""
+
     run: RunSection
     train: TrainSection
     logging: LoggingSection
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, Any]: ...
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -66,7 +70,8 @@ class SupervisedRun:
             lg = cfg.logging
             self.metrics = MetricsLogger(cfg.run.dir, self.total_steps, console=lg.console,
                                          wandb_enabled=lg.wandb, wandb_project=lg.wandb_project,
-                                         wandb_mode=lg.wandb_mode, config=dump_config(cfg), progress_keys=progress)
+                                         wandb_mode=lg.wandb_mode, config=cfg.model_dump(mode="json"),
+                                         progress_keys=progress)
         self.start = time.perf_counter()
         self.device = next(model.parameters()).device
 
@@ -101,7 +106,7 @@ class SupervisedRun:
 
     def optimizer_step(self) -> dict[str, float]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -115,7 +120,7 @@ class SupervisedRun:
     def due(self, step: int, every: int) -> bool:
         return step == self.total_steps or bool(every and step % every == 0)
 
-    def checkpoint(self, step: int, save: "SaveFn") -> Path | None:
+    def checkpoint(self, step: int, save: SaveFn) -> Path | None:
         """Periodic HF export to ``checkpoints/step_N`` (last K kept) and ``checkpoints/final``."""
         t, root = self.cfg.train, self.cfg.run.dir / "checkpoints"
         out = None

@@ -37,6 +37,8 @@ class ScalarRM(nn.Module):
     """Wraps an HF ``*ForSequenceClassification`` so FSDP2's root unit holds its embeddings,
     final norm and score head, and scores packed or padded rows at each sequence's end."""
 
+    hf: Any  # its class (per architecture) defines base_model and score; nn.Module's typing cannot see them
+
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
         self.hf = hf
@@ -58,7 +60,7 @@ def load_reward_model(cfg: RMConfig) -> tuple[ScalarRM, Any]:
     hf.config.pad_token_id = tok.pad_token_id  # the reward worker finds each row's end through it
     hf.config.use_cache = False
     rm = ScalarRM(hf)
-    return shard(rm, decoder_layers(hf, cfg.model.path), cfg.train), tok  # type: ignore[return-value]
+    return shard(rm, decoder_layers(hf, cfg.model.path), cfg.train), tok
 
 
 def encode_pairs(tok: Any, prefs: list[Preference], max_tokens: int) -> tuple[list[Pair], int]:

@@ -78,7 +78,7 @@ class SFTTrainer(SupervisedTrainer):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         self.train = encode_all(self.tokenizer, train, d.max_tokens, d.train)
-        self.test = encode_all(self.tokenizer, test, d.max_tokens, d.test) if test else None
+        self.test = encode_all(self.tokenizer, test, d.max_tokens, d.test) if test and d.test else None
         log.info("%d training examples (%d dropped as longer than %d tokens)%s", len(self.train[0]),
                  self.train[2], d.max_tokens, f", {len(self.test[0])} test" if self.test else "")
         self.run = SupervisedRun(cfg, self.model, len(self.train[0]),
@@ -121,10 +121,10 @@ class SFTTrainer(SupervisedTrainer):
         mbs = run.micro_batches(idx, [len(s) for s in seqs])
         nll, n, computed = self._loss_sums(seqs, masks, mbs, run.grad_scale / max(total, 1.0))
         stats = run.optimizer_step()
-        nll, n, computed = all_sum([nll, n, computed])
+        nll, n, all_computed = all_sum([nll, n, computed])
         dt = time.perf_counter() - t0
         return {"loss": nll / max(n, 1.0), "examples": len(idx), "target_tokens": int(n),
-                "computed_tokens": int(computed), "tokens_per_s": computed / max(dt, 1e-9), **stats}
+                "computed_tokens": int(all_computed), "tokens_per_s": all_computed / max(dt, 1e-9), **stats}
 
     def export(self, out: Path) -> Path:
         return save_hf(self.model, self.tokenizer, out)
