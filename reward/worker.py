@@ -13,11 +13,12 @@ import logging
 import signal
 import time
 
-import zmq
+import pyarrow as pa
 
 from asyncrl import schema
 from asyncrl.config import RunConfig
-from asyncrl.transport import DropCounter, make_socket, start_authenticator, tcp
+from asyncrl.transport import DropCounter, Transport, make_transport
+from asyncrl.transport.items import ScoredGroup
 from reward.functions import default_reward_name, get_reward_fn
 from reward.safe_call import SafeRewardCaller
 
@@ -25,7 +26,7 @@ log = logging.getLogger("reward")
 
 
 class RewardWorker:
-    def __init__(self, cfg: RunConfig, index: int) -> None:
+    def __init__(self, cfg: RunConfig, index: int, transport: Transport | None = None) -> None:
         self.cfg, self.index = cfg, index
         r = cfg.reward
         if r.function is not None:
@@ -38,25 +39,22 @@ class RewardWorker:
             self.scorer = ModelScorer(r.model_path, cfg.model.path, batch_size=r.model_batch_size,
                                       max_tokens=r.model_max_tokens)
         self.drops = DropCounter(f"reward worker {index}")
-        self.ctx = zmq.Context()
-        t, mb = cfg.transport, cfg.transport.max_message_mb
-        self.auth = start_authenticator(self.ctx, t.curve_dir)
-        self.pull = make_socket(self.ctx, zmq.PULL, max_message_mb=mb, curve_dir=t.curve_dir, server=True)
-        self.pull.bind(tcp(t.rewards[index], t.bind_host))
-        self.push = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb, curve_dir=t.curve_dir)
-        self.push.connect(tcp(t.trajectories))
+        self.transport = transport or make_transport(cfg.transport)  # under CURVE the bind starts the ZAP handler
+        self.pull = self.transport.pull(cfg.transport.rewards[index])
+        self.push = self.transport.push(cfg.transport.trajectories)
         self.scored = self.errors = 0
         self.running = True
 
     def fn_name(self, data_source: str) -> str:
         return self.cfg.reward.function or default_reward_name(data_source)
 
-    def score(self, batch) -> tuple[list[float], list[str | None]]:
+    def score(self, batch: pa.RecordBatch) -> tuple[list[float], list[str | None]]:
         """Function rewards, model scores, or their weighted sum (reward.type)."""
         r = self.cfg.reward
-        rewards, errors = [0.0] * batch.num_rows, [None] * batch.num_rows
+        rewards: list[float] = [0.0] * batch.num_rows
+        errors: list[str | None] = [None] * batch.num_rows
         if self.caller is not None:
-            rewards, errors = self._function_rewards(batch)
+            rewards, errors = self._function_rewards(self.caller, batch)
             rewards = [r.function_weight * x for x in rewards] if r.type == "mixed" else rewards
         if self.scorer is not None:
             scores = self.scorer.score(batch.column("prompt_token_ids").to_pylist(),
@@ -65,36 +63,35 @@ class RewardWorker:
             rewards = [x + w * s for x, s in zip(rewards, scores)] if r.type == "mixed" else scores
         return rewards, errors
 
-    def _function_rewards(self, batch) -> tuple[list[float], list[str | None]]:
-        items = []
+    def _function_rewards(self, caller: SafeRewardCaller,
+                          batch: pa.RecordBatch) -> tuple[list[float], list[str | None]]:
+        items: list[tuple[str, str, str, str, dict]] = []
         for row in batch.select(["data_source", "response_text", "ground_truth"]).to_pylist():
             try:
                 name = self.fn_name(row["data_source"])
             except (KeyError, ValueError) as e:
                 name = f"unknown:{e}"
             items.append((name, row["data_source"], row["response_text"], row["ground_truth"], {}))
-        results = self.caller.score_batch(items)
+        results = caller.score_batch(items)
         rewards = [r for r, _ in results]
         errors = [e for _, e in results]
         self.errors += sum(e is not None for e in errors)
         return rewards, errors
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
         last_log = time.monotonic()
         while self.running:
-            if not poller.poll(200):
+            data = self.pull.recv(0.2)
+            if data is None:
                 continue
-            data = self.pull.recv()
             try:
-                batch = schema.decode_batch(data)
+                group = ScoredGroup.from_wire(data)
             except schema.SchemaError as e:
                 self.drops.drop("trajectory", str(e))
                 continue
-            rewards, errors = self.score(batch)
-            self.push.send(schema.encode_batch(schema.with_rewards(batch, rewards, errors)))
-            self.scored += batch.num_rows
+            rewards, errors = self.score(group.batch)
+            self.push.send(group.with_rewards(rewards, errors).to_wire())
+            self.scored += group.num_rows
             if time.monotonic() - last_log > 30:
                 log.info("scored %d samples, %d reward errors, %d messages dropped",
                          self.scored, self.errors, self.drops.total)
@@ -103,9 +100,7 @@ class RewardWorker:
     def close(self) -> None:
         if self.caller is not None:
             self.caller.close()
-        if self.auth is not None:
-            self.auth.stop()
-        self.ctx.destroy(linger=2000)
+        self.transport.close(linger_s=2.0)
 
 
 def main(cfg: RunConfig, index: int) -> None:

@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable
 import os
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
-from asyncrl import messages, schema
+from asyncrl import messages
 from asyncrl.config import RunConfig
-from asyncrl.transport import DropCounter, make_socket, tcp
 from asyncrl.hardware import resolve_dtype
-from rollout.weights import WeightReceiver, WeightsRejected
+from asyncrl.transport import AsyncClient, AsyncSender, DropCounter, Transport, make_transport
+from asyncrl.transport.items import PromptItem, ScoredGroup, decode_prompts
 from rollout.stats import GeneratorStats
+from rollout.weights import WeightReceiver, WeightsRejected
 
 log = logging.getLogger("rollout")
 
@@ -47,8 +45,9 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     r = cfg.rollout
+    dtype: Any = resolve_dtype(r.dtype)  # a name vLLM accepts ("float32", "bfloat16", ...)
     args = AsyncEngineArgs(
-        model=str(cfg.model.path), dtype=resolve_dtype(r.dtype), seed=seed, enforce_eager=r.enforce_eager,
+        model=str(cfg.model.path), dtype=dtype, seed=seed, enforce_eager=r.enforce_eager,
         max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens,
         gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
         # one process per TP worker (vLLM's default for TP on one host; explicit so CPU does the same)
@@ -87,19 +86,19 @@ class Generator:
         self.identity = f"gen-{index}"
         self.last_heard = time.monotonic()  # from the learner
         self.pending: deque[dict[str, Any]] = deque()  # control messages read while a sync waited
+        self.transport: Transport | None = None
+        self.control: AsyncClient  # DEALER to the learner's dispatch address
+        self.out: AsyncSender  # PUSH to every reward worker, round-robin
 
-    async def start(self) -> None:
+    async def start(self, transport: Transport | None = None) -> None:
+        """Build the engine (unless one was set), connect (``transport``: default from the config), say hello."""
         cfg = self.cfg
-        self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
+        if self.engine is None:
+            self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
         self.weights = WeightReceiver(cfg, self.engine, self.identity, self.index, self._send, self._await_message)
-        self.ctx = zmq.asyncio.Context()
-        mb = cfg.transport.max_message_mb
-        self.control = make_socket(self.ctx, zmq.DEALER, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
-        self.control.setsockopt(zmq.IDENTITY, self.identity.encode())
-        self.control.connect(tcp(cfg.transport.dispatch))
-        self.out = make_socket(self.ctx, zmq.PUSH, max_message_mb=mb, curve_dir=cfg.transport.curve_dir)
-        for addr in cfg.transport.rewards:
-            self.out.connect(tcp(addr))
+        self.transport = transport or make_transport(cfg.transport)
+        self.control = self.transport.aclient(cfg.transport.dispatch, self.identity.encode())
+        self.out = self.transport.apush(cfg.transport.rewards)
         await self._hello()
         self.last_heard = time.monotonic()  # the learner's silence counts from the first hello
         self.heartbeat = asyncio.create_task(self._heartbeats())
@@ -141,17 +140,11 @@ class Generator:
             if self.failure is not None:
                 raise RuntimeError(f"generation failed: {self.failure!r}") from self.failure
             self.stats.maybe_write(self.version)
-            if self.pending:
-                msg = self.pending.popleft()
-            elif not await self.control.poll(500):
-                self._check_learner()
+            msg = self.pending.popleft() if self.pending else await self._next_message()
+            if msg is None:
                 continue
-            else:
-                msg = self._decode(await self.control.recv())
-                if msg is None:
-                    continue
             if msg["type"] == "prompts":
-                for item in msg["items"]:
+                for item in decode_prompts(msg):
                     task = asyncio.create_task(self._generate_group(item))
                     self.tasks.add(task)
                     task.add_done_callback(self._task_done)
@@ -168,6 +161,14 @@ class Generator:
             else:
                 self.drops.drop("unexpected", msg["type"])
 
+    async def _next_message(self) -> dict[str, Any] | None:
+        """The learner's next valid control message; None after 0.5 s of silence or a dropped one."""
+        data = await self.control.recv(0.5)
+        if data is None:
+            self._check_learner()
+            return None
+        return self._decode(data)
+
     def _check_learner(self) -> None:
         limit = self.cfg.liveness.learner_timeout_s
         if time.monotonic() - self.last_heard > limit:
@@ -180,21 +181,21 @@ class Generator:
         if not task.cancelled() and task.exception() is not None:
             self.failure = task.exception()
 
-    async def _generate_group(self, item: dict[str, Any]) -> None:
+    async def _generate_group(self, item: PromptItem) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
-            n=item["n"], temperature=float(item["temperature"]), top_p=self.cfg.sampling.top_p,
-            max_tokens=item["max_tokens"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
-            seed=item.get("seed"))  # per-prompt seed from the dispatcher: reproducible across resumes
+            n=item.n, temperature=item.temperature, top_p=self.cfg.sampling.top_p,
+            max_tokens=item.max_tokens, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+            seed=item.seed)  # per-prompt seed from the dispatcher: reproducible across resumes
         version, start = self.version, time.time()
         self.stats.begin()
-        jobs = [self._request(item, params, f"g{self.index}-{item['group_id']}")]
-        if item.get("greedy_baseline"):  # ReMax: one greedy reply per prompt as the baseline
-            greedy = SamplingParams(n=1, temperature=0.0, max_tokens=item["max_tokens"], logprobs=0,
+        jobs = [self._request(item, params, f"g{self.index}-{item.group_id}")]
+        if item.greedy_baseline:  # ReMax: one greedy reply per prompt as the baseline
+            greedy = SamplingParams(n=1, temperature=0.0, max_tokens=item.max_tokens, logprobs=0,
                                     output_kind=RequestOutputKind.FINAL_ONLY)
-            jobs.append(self._request(item, greedy, f"g{self.index}-{item['group_id']}-greedy"))
+            jobs.append(self._request(item, greedy, f"g{self.index}-{item.group_id}-greedy"))
         outputs: list[Any] = []
         try:
             outputs = await asyncio.gather(*jobs)
@@ -204,27 +205,27 @@ class Generator:
         rows = [self._row(item, c, version, start) for c in sorted(outputs[0].outputs, key=lambda c: c.index)]
         if len(outputs) > 1:
             rows.append({**self._row(item, outputs[1].outputs[0], version, start),
-                         "sample_index": item["n"], "is_baseline": True})
-        await self.out.send(schema.encode_batch(schema.make_batch(rows)))
+                         "sample_index": item.n, "is_baseline": True})
+        group = ScoredGroup.from_rows(rows)
+        await self.out.send(group.to_wire())
         self.groups_done += 1
-        self.tokens_done += sum(len(r["response_token_ids"]) for r in rows)
+        self.tokens_done += group.response_tokens
         await self._send("credit", generator=self.index, version=self.version, count=1)
 
-    async def _request(self, item: dict[str, Any], params: Any, request_id: str) -> Any:
+    async def _request(self, item: PromptItem, params: Any, request_id: str) -> Any:
         final = None
-        async for out in self.engine.generate({"prompt_token_ids": item["prompt_token_ids"]}, params,
+        async for out in self.engine.generate({"prompt_token_ids": item.prompt_token_ids}, params,
                                               request_id=request_id):
             final = out
         assert final is not None and final.finished
         return final
 
-    def _row(self, item: dict[str, Any], comp: Any, version: int, start: float) -> dict[str, Any]:
+    def _row(self, item: PromptItem, comp: Any, version: int, start: float) -> dict[str, Any]:
         ids = list(comp.token_ids)
         return {
-            "prompt_id": item["prompt_id"], "group_id": item["group_id"], "sample_index": comp.index,
-            "attempt": int(item.get("attempt", 0)),
-            "split": item["split"], "data_source": item["data_source"],
-            "ground_truth": item["ground_truth"], "prompt_token_ids": item["prompt_token_ids"],
+            "prompt_id": item.prompt_id, "group_id": item.group_id, "sample_index": comp.index,
+            "attempt": item.attempt, "split": item.split, "data_source": item.data_source,
+            "ground_truth": item.ground_truth, "prompt_token_ids": item.prompt_token_ids,
             "response_token_ids": ids, "behaviour_logprobs": sampled_logprobs(ids, comp.logprobs),
             "response_text": comp.text, "finish_reason": str(comp.finish_reason),
             "policy_version": version, "policy_version_end": self.version,
@@ -249,9 +250,10 @@ class Generator:
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not await self.control.poll(int(left * 1000)):
+            data = await self.control.recv(left) if left > 0 else None
+            if data is None:
                 raise WeightsRejected(f"no {kind} message from the learner within {timeout_s:.0f}s")
-            msg = self._decode(await self.control.recv())
+            msg = self._decode(data)
             if msg is None:
                 continue
             if msg["type"] == kind and match(msg):
@@ -266,8 +268,8 @@ class Generator:
             t.cancel()
         if self.engine is not None:
             self.engine.shutdown()
-        if hasattr(self, "ctx"):
-            self.ctx.destroy(linger=0)
+        if self.transport is not None:
+            self.transport.close(linger_s=0)
 
 
 async def _amain(cfg: RunConfig, index: int) -> None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import zmq
 
+from asyncrl import messages
 from asyncrl.transport import DropCounter, Transport, TransportError, ZmqTransport, make_transport
 from asyncrl.transport.inproc import Hub, InprocTransport
+from asyncrl.transport.items import PromptItem, ScoredGroup, encode_prompts
 from tests.conftest import free_port
 
 Pair = tuple[Transport, Transport, Callable[[], str]]
@@ -200,9 +205,99 @@ def test_zmq_curve_admits_only_authorized_clients(tmp_path: Path) -> None:
         plain.push(where).send(b"plain")
         good.push(where).send(b"good")
         got = []
-        while (m := pull.recv(2)) is not None:
+        while (m := pull.recv(1)) is not None:
             got.append(m)
         assert got == [b"good"]
     finally:
         for t in (server_side, good, plain):
             t.close(0)
+
+
+# ---- the ported workers, on either backend ------------------------------------------------------
+
+def _cfg(addr: Callable[[], str], run_dir: Path) -> Any:
+    from asyncrl.config import validate_config
+
+    ports = {"dispatch": addr(), "trajectories": addr(), "rewards": [addr()]}
+    return validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "run": {"dir": str(run_dir)},
+                            "transport": ports, "reward": {"function": "toy_digits", "timeout_s": 10}})
+
+
+def test_reward_worker_on_either_backend(pair: Pair, tmp_path: Path) -> None:
+    from reward.worker import RewardWorker
+    from tests.test_wire import _row
+
+    a, b, addr = pair
+    cfg = _cfg(addr, tmp_path)
+    worker = RewardWorker(cfg, 0, transport=a)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        sink, src = b.pull(cfg.transport.trajectories), b.push(cfg.transport.rewards[0])
+        src.send(b"not arrow")
+        src.send(ScoredGroup.from_rows([_row(response_text="12ab")]).to_wire())
+        data = sink.recv(30)
+        assert data is not None and ScoredGroup.from_wire(data).rewards.tolist() == [0.5]
+        assert worker.drops.counts["trajectory"] == 1
+    finally:
+        worker.running = False
+        t.join(5)
+        worker.close()
+
+
+class _FakeEngine:
+    """Stands in for vLLM's AsyncLLM in this unit test only (tests/test_e2e.py runs the real one)."""
+
+    async def generate(self, prompt: dict, params: Any, request_id: str) -> AsyncIterator[Any]:
+        lp = [{7: SimpleNamespace(logprob=-0.5)}, {8: SimpleNamespace(logprob=-1.5)}]
+        comps = [SimpleNamespace(index=i, token_ids=[7, 8][:1 + i % 2], logprobs=lp, text="12", finish_reason="stop")
+                 for i in range(params.n)]
+        yield SimpleNamespace(finished=True, outputs=comps)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_generator_on_either_backend(pair: Pair, tmp_path: Path) -> None:
+    """hello + credit, prompts in (ReMax baseline included), one group out per prompt and a credit
+    back, rejoin answered by a new hello, stop ends the loop."""
+    from rollout.worker import Generator
+
+    a, b, addr = pair
+    cfg = _cfg(addr, tmp_path)
+    server, pull = b.server(cfg.transport.dispatch), b.pull(cfg.transport.rewards[0])
+
+    def control(kind: str) -> dict:
+        while True:
+            got = server.recv(30)
+            assert got is not None and got[0] == b"gen-0", f"no {kind} from the generator"
+            if (msg := messages.decode(got[1]))["type"] == kind:
+                return msg
+
+    async def scenario() -> None:
+        gen = Generator(cfg, 0)
+        gen.engine = _FakeEngine()
+        await gen.start(transport=a)
+        loop = asyncio.create_task(gen.run())
+        try:
+            await asyncio.to_thread(control, "hello")
+            assert (await asyncio.to_thread(control, "credit"))["count"] == cfg.rollout.max_inflight_prompts
+            item = PromptItem(prompt_id=4, group_id=11, split="train", data_source="arith", ground_truth="12",
+                              prompt_token_ids=[1, 2], n=2, temperature=1.0, max_tokens=4, seed=3, attempt=1,
+                              greedy_baseline=True)
+            server.send(b"gen-0", encode_prompts([item]))
+            data = await asyncio.to_thread(pull.recv, 30)
+            assert data is not None
+            group = ScoredGroup.from_wire(data)
+            assert (group.group_id, group.attempt, group.num_rows, group.num_samples) == (11, 1, 3, 2)
+            assert group.batch.column("sample_index").to_pylist() == [0, 1, 2] and group.is_baseline[-1]
+            assert (await asyncio.to_thread(control, "credit"))["count"] == 1
+            server.send(b"gen-0", messages.encode("rejoin"))
+            await asyncio.to_thread(control, "hello")
+            server.send(b"gen-0", messages.encode("stop"))
+            await asyncio.wait_for(loop, 10)
+        finally:
+            loop.cancel()
+            await gen.close()
+
+    asyncio.run(scenario())
