@@ -14,22 +14,19 @@ writes what each process reads to ``<run dir>/resolved/`` (:mod:`asyncrl.resolve
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import tomllib
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from asyncrl.config_algorithm import AlgorithmSection
 from asyncrl.config_base import ConfigError, _Section, parse_address
-from asyncrl.config_moved import ALIASES, RootRef, alias_of, move_aliases, moved
+from asyncrl.config_load import apply_override, format_errors, read_toml
+from asyncrl.config_moved import ALIASES, RootRef, move_aliases, moved
 
 __all__ = ["AlgorithmSection", "ConfigError", "RunConfig", "apply_override", "dump_config", "load_config",
            "parse_address", "validate_config"]
 
-
-log = logging.getLogger(__name__)
 
 
 class RunSection(_Section):
@@ -367,71 +364,6 @@ MOVED_KEYS = [("rollout", "cpu_bind", "placement.generators (one entry per gener
              ("learner", "num_threads", "placement.learner_threads")]
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(data: dict[str, Any], override: str, aliases: bool = True) -> None:
-    """Apply ``section.key=value`` (value parsed as TOML, else taken as a string); a deprecated
-    ``section.key`` (:data:`asyncrl.config_moved.ALIASES`) sets its new path, with a warning."""
-    key, sep, value = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected section.key=value")
-    parts = (alias_of(key.strip()) if aliases else key.strip()).split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {override!r}: {p} is not a section")
-    node[parts[-1]] = _parse_value(value.strip())
-
-
-def _read_toml(path: Path, seen: tuple[Path, ...] = (), aliases: bool = False) -> dict[str, Any]:
-    """A TOML file; ``extends = "base.toml"`` (relative to the file) is merged underneath. With
-    ``aliases``, each file's deprecated keys move to their new paths before merging."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    base = data.pop("extends", None)
-    if aliases:
-        try:
-            move_aliases(data, str(path))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: extends: expected a file name")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen:
-        raise ConfigError(f"{path}: extends: cycle through {base_path}")
-    return _merge(_read_toml(base_path, seen + (base_path,), aliases), data)
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 C = TypeVar("C", bound=BaseModel)
 
 
@@ -441,7 +373,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
     with key paths."""
     path = Path(path)
     aliases = bool(getattr(schema, "ALIASES", None))
-    data = _read_toml(path.resolve(), aliases=aliases)
+    data = read_toml(path.resolve(), aliases=aliases)
     for ov in overrides or []:
         apply_override(data, ov, aliases)
     return validate_config(data, source=str(path), schema=schema)
@@ -451,7 +383,7 @@ def validate_config(data: dict[str, Any], source: str = "config", schema: type[C
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(format_errors(e, source)) from None
 
 
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
