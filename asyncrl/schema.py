@@ -1,7 +1,7 @@
 """The trajectory wire format: one Arrow schema, defined and documented here only.
 
-A generator sends one record batch per prompt group (``n`` rows, one per sample) in
-Arrow IPC stream format; the reward worker fills ``reward``/``reward_error`` and
+A generator sends one record batch per prompt group (``n`` rows, one per sample; plus one
+``is_baseline`` row for ReMax) in Arrow IPC stream format; the reward worker fills ``reward``/``reward_error`` and
 forwards the same batch to the learner. Field by field:
 
 ==================  =====================  ==================================================
@@ -29,6 +29,9 @@ reward_error        string (nullable)      set when the reward function failed (
 is_baseline         bool                   a greedy baseline sample (ReMax), scored, never trained
 attempt             int32                  0 for a prompt's first dispatch, +1 for each re-dispatch
 ==================  =====================  ==================================================
+
+Batches from senders older than ``is_baseline`` and ``attempt`` decode with their defaults (False,
+0). Typed access: :class:`asyncrl.transport.items.ScoredGroup`.
 """
 
 from __future__ import annotations
@@ -109,8 +112,23 @@ def decode_batch(data: bytes) -> pa.RecordBatch:
         raise SchemaError(f"not an Arrow IPC stream: {e}") from None
     if len(batches) != 1:
         raise SchemaError(f"expected 1 record batch, got {len(batches)}")
-    validate_batch(batches[0])
-    return batches[0]
+    batch = _upgrade(batches[0])
+    validate_batch(batch)
+    return batch
+
+
+def _upgrade(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch from an older sender, without the columns added since (``is_baseline``,
+    ``attempt``), gets them with their defaults; anything else is left for validation to judge."""
+    missing = [f for f in TRAJECTORY_SCHEMA if f.name not in batch.schema.names]
+    if not missing or any(f.name not in _DEFAULTS for f in missing):
+        return batch
+    cols = {name: batch.column(name) for name in batch.schema.names}
+    for f in missing:
+        cols[f.name] = pa.array([_DEFAULTS[f.name]] * batch.num_rows, f.type)
+    if set(cols) != set(TRAJECTORY_SCHEMA.names):
+        return batch  # foreign columns too: the schema check names them
+    return pa.RecordBatch.from_arrays([cols[n] for n in TRAJECTORY_SCHEMA.names], schema=TRAJECTORY_SCHEMA)
 
 
 def with_rewards(batch: pa.RecordBatch, rewards: list[float], errors: list[str | None]) -> pa.RecordBatch:

@@ -139,3 +139,16 @@ def test_scored_group_rejects_garbage(data: bytes) -> None:
 
     with pytest.raises(schema.SchemaError):
         ScoredGroup.from_wire(data)
+
+
+def test_batches_from_older_senders_decode() -> None:
+    """Before ``is_baseline`` and ``attempt`` existed a group had 18 columns; it still decodes."""
+    from asyncrl.transport.items import ScoredGroup
+
+    full = schema.make_batch([_row(reward=1.0), _row(sample_index=1, reward=0.0)])
+    old = full.select([n for n in full.schema.names if n not in ("is_baseline", "attempt")])
+    g = ScoredGroup.from_wire(schema.encode_batch(old))
+    assert g.batch.equals(full) and g.attempt == 0 and not g.is_baseline.any()
+    foreign = old.append_column("x", pa.array([1, 2]))
+    with pytest.raises(schema.SchemaError, match="schema mismatch"):
+        schema.decode_batch(schema.encode_batch(foreign))
