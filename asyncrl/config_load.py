@@ -9,10 +9,10 @@ their new paths per file and per override when the caller asks (:mod:`asyncrl.co
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from pydantic import ValidationError
 
 from asyncrl.config_base import ConfigError
