@@ -17,6 +17,7 @@ did not arrive: the ranks missing at the rendezvous, or the bucket a broadcast s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -76,25 +77,32 @@ class SyncGroup:
         self.rank, self.world_size, self.timeout_s, self.epoch = rank, world_size, timeout_s, epoch
         self.where = f"weight-sync group at {host}:{port} (epoch {epoch})"
         # NCCL: the caller's GPU (a vLLM worker passes its own device; the learner its current one)
-        self.device = torch.device("cpu") if backend != "nccl" else \
-            device if device is not None and device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        if backend != "nccl":
+            self.device = torch.device("cpu")
+        elif device is not None and device.type == "cuda":
+            self.device = device
+        else:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.store = store if store is not None else connect_store(
             host, port, is_master=rank == 0, timeout_s=timeout_s, who=self.names[rank])
         self.store.set(f"{self.keys}joined/{epoch}/{rank}", "1")
         self._await_peers(join_timeout_s or timeout_s, cancelled)
         prefixed = dist.PrefixStore(f"{self.keys}weight_sync/{epoch}", self.store)
+        # A c10d backend (gloo or NCCL). torch's stubs give these classes neither their collectives
+        # (broadcast) nor gloo's _Options, which the runtime has; hence Any and the ignore below.
+        self.pg: Any = None
         try:
             if backend == "gloo":
-                opts = dist.ProcessGroupGloo._Options()
+                opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # see above
                 opts._timeout = timeout
                 opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(host, port))]
                 self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, opts)
             elif backend == "nccl":
                 # NCCL's own watchdog (default 10 min, which kills the process) must outlast our
                 # timeouts, so a stalled peer is reported by name (as vllm/platforms/cuda.py does)
-                opts = dist.ProcessGroupNCCL.Options()
-                opts._timeout = timeout + timedelta(seconds=60)
-                self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)
+                nccl_opts = dist.ProcessGroupNCCL.Options()
+                nccl_opts._timeout = timeout + timedelta(seconds=60)
+                self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, nccl_opts)
             else:
                 raise ValueError(f"unknown weight-sync backend {backend!r}")
         except (RuntimeError, dist.DistError) as e:
@@ -129,10 +137,8 @@ class SyncGroup:
 
     def abandon(self) -> None:
         """Rank 0: give up on this group (a peer died); peers waiting in it fail at once."""
-        try:
+        with contextlib.suppress(Exception):  # nothing to tell if the store is gone
             self.store.set(f"{self.keys}abort/{self.epoch}", "1")
-        except Exception:  # noqa: BLE001 - nothing to tell if the store is gone
-            pass
         self.close()
 
     def close(self) -> None:
@@ -225,7 +231,9 @@ def bucket_digest(flat: torch.Tensor) -> str:
     data = flat.detach()
     if data.device.type != "cpu":
         data = data.cpu()
-    return hashlib.sha256(memoryview(data.contiguous().view(torch.uint8).numpy())).hexdigest()
+    raw = data.contiguous().view(torch.uint8).numpy()
+    # numpy's stubs declare the buffer protocol for Python >= 3.12 only; the array has it at runtime.
+    return hashlib.sha256(memoryview(raw)).hexdigest()  # type: ignore[arg-type]
 
 
 class DigestingGroup:
@@ -233,7 +241,8 @@ class DigestingGroup:
     broadcasts (hashed while gloo sends it: the buffer is not reused before its broadcast is waited on)."""
 
     def __init__(self, group: SyncGroup) -> None:
-        self.group, self.digests = group, []
+        self.group = group
+        self.digests: list[str] = []
 
     def broadcast_async(self, tensor: torch.Tensor) -> dist.Work:
         work = self.group.broadcast_async(tensor)

@@ -18,10 +18,10 @@ import yaml
 from typer.testing import CliRunner
 
 from asyncrl.config import load_config, validate_config
+from cli.deploy.commands import app
 from cli.deploy.k8s import CURVE_DIR
 from cli.deploy.layout import place
 from cli.deploy.toml_text import config_toml
-from cli.deploy.commands import app
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = """

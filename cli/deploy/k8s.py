@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass, field
 
 from asyncrl.config import RunConfig
-from cli.deploy.common import (DeployError, check_config, check_ports, learner_ports, needs, port, rdzv_port,
-                                   render)
-from cli.deploy.toml_text import config_toml
 from asyncrl.placement import APPLIED
+from cli.deploy.common import DeployError, check_config, check_ports, learner_ports, needs, port, rdzv_port, render
+from cli.deploy.toml_text import config_toml
 
 CONFIG_DIR = "/etc/asyncrl"
 CURVE_DIR = "/etc/asyncrl-curve"
@@ -138,7 +137,7 @@ def _port_name(key: str) -> str:
 
 
 def _mounts(opts: K8sOptions) -> list[dict[str, object]]:
-    out = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    out: list[dict[str, object]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
            {"name": "curve", "mountPath": CURVE_DIR, "readOnly": True},
            {"name": "dshm", "mountPath": "/dev/shm"}]
     if opts.volume_claim:

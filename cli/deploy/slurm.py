@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncrl.config import RunConfig
+from asyncrl.placement import APPLIED
 from cli.deploy.common import DeployError, check_config, check_ports, learner_ports, port, rdzv_port, render
 from cli.deploy.layout import Step, check_node_count, place
-from asyncrl.placement import APPLIED
 
 DEFAULT_GPUS_PER_NODE = 8
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # Slurm's [days-]hours[:minutes[:seconds]] and minutes
