@@ -121,7 +121,8 @@ class ZmqServer(_ZmqEndpoint, Server):
                 return frames[0], frames[1]
             if self.drops is not None:  # a peer that is not a DEALER sending one frame
                 self.drops.drop("control-frames", f"{len(frames)} frames")
-            timeout_s = 0.0  # only what is already queued: the caller's deadline stays
+            if timeout_s is not None:
+                timeout_s = 0.0  # only what is already queued now: the caller polls again
 
     def send(self, peer: bytes, data: bytes) -> bool:
         try:
