@@ -27,7 +27,9 @@ see the drop. ``recv(timeout_s)``: 0 does not wait, ``None`` waits forever.
 
 Two backends: :mod:`asyncrl.transport.zmq` (real sockets, CURVE; the main path) and
 :mod:`asyncrl.transport.inproc` (named channels inside one process, for pipeline tests).
-:func:`asyncrl.transport.make_transport` picks one.
+:func:`asyncrl.transport.make_transport` picks one. A new backend is one file: subclass
+:class:`Transport` and the endpoints, add its name to ``make_transport``, and add it to the
+``pair`` fixture of ``tests/test_transport.py`` so the whole contract (and both workers) run on it.
 
 Differences from the brief that asked for this layer (issue 14): the asyncio side is two extra
 factory methods (``apush``/``aclient``) returning endpoints with ``async`` methods rather than
