@@ -1,11 +1,14 @@
-"""The learner process: dispatch prompts, train on scored groups, broadcast weights.
+"""The learner process: set-up, the training step and checkpoints on every rank.
+
+Rank 0 (:class:`Learner`) drives the loop through the :class:`~learner.orchestrator.orchestrator.Orchestrator`
+(dispatch, batches, weight sync, validation, metrics records); ranks 1..K-1
+(:class:`LearnerRank`) follow its commands.
 
     cfg = load_config("configs/tiny_cpu.toml"); Learner(cfg).run()
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,25 +17,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from asyncrl import messages
 from asyncrl.config import RunConfig, dump_config
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
-from learner.algo.advantages import needs_baseline, needs_values
-from learner.fsdp.critic import load_critic
-from learner.algo.dapo import groups_with_signal
+from asyncrl.transport import make_transport
+from learner.algo.advantages import needs_values
 from learner.algo.distill import load_teacher
-from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
-from learner.orchestrator.io import LearnerIO
-from learner.fsdp.model import init_distributed, load_policy, save_hf
 from learner.fsdp.checkpoint import Checkpointer, CheckpointError
+from learner.fsdp.critic import load_critic
+from learner.fsdp.model import init_distributed, load_policy, save_hf
 from learner.fsdp.ranks import RankChannel, parse_step, step_payload
+from learner.fsdp.stream_sync import follow_sync, sync_source
+from learner.orchestrator.dispatcher import TokenizedPrompt
+from learner.orchestrator.orchestrator import Orchestrator
+from learner.orchestrator.record import StepTimes, truncate_metrics
 from learner.step import Trainer
-from learner.fsdp.stream_sync import SyncSource, follow_sync, sync_source
-from learner.orchestrator.syncer import WeightSyncer
 
 log = logging.getLogger("learner")
-_CHANGED = object()  # a wait predicate's answer: the generators' membership changed
 
 
 def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[TokenizedPrompt], int]:
@@ -67,7 +68,7 @@ class LearnerRank:
 
     def modules(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
         t = self.trainer
-        out = {"policy": (t.policy, t.optimizer)}
+        out: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {"policy": (t.policy, t.optimizer)}
         if t.critic is not None and t.critic_optimizer is not None:
             out["critic"] = (t.critic, t.critic_optimizer)
         return out
@@ -120,7 +121,7 @@ class LearnerRank:
 
 
 class Learner(LearnerRank):
-    """Rank 0: dispatches prompts, trains, broadcasts weights, validates, logs."""
+    """Rank 0: drives the loop through the :class:`Orchestrator`, trains, checkpoints, logs."""
 
     def __init__(self, cfg: RunConfig) -> None:
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
@@ -128,75 +129,36 @@ class Learner(LearnerRank):
         train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens)
         log.info("%d training prompts (%d dropped as longer than %d tokens)", len(train), dropped,
                  cfg.data.max_prompt_tokens)
-        self.val_prompts: list[TokenizedPrompt] = []
+        val: list[TokenizedPrompt] = []
         if cfg.data.test is not None:
             val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
-            self.val_prompts = val[:cfg.learner.val_prompts]
-        s, lr = cfg.sampling, cfg.learner
-        a = cfg.algorithm
-        sampling = Sampling(s.n, s.temperature, s.max_new_tokens, greedy_baseline=needs_baseline(a.advantage))
-        self.dispatcher = Dispatcher(train, prompts_per_step=lr.prompts_per_step, max_staleness=lr.max_staleness,
-                                     sampling=sampling, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
-        self.io = LearnerIO(cfg, self.dispatcher)
-        self.version = self.start_step = 0
-        self.stale_dropped = 0
-        self.groups_filtered = 0
-        self.syncer: WeightSyncer | None = None
-        self.weights: SyncSource | None = None  # where the synced bytes come from (keeps its buffers)
-        self._sync_failures_before = 0  # sync retries before the checkpoint this run resumed from
+            val = val[:cfg.learner.val_prompts]
+        self.orchestrator = Orchestrator(cfg, train, val, make_transport(cfg.transport),
+                                         sync_source(self.model, self.ranks))
+        self.start_step = 0
         if self.resumed is not None:
-            st = self.resumed
-            self.version, self.start_step = int(st["version"]), int(st["step"])
-            self.stale_dropped, self.groups_filtered = int(st["stale_dropped"]), int(st["groups_filtered"])
-            self.dispatcher.restore(st["dispatcher"], self.version)
-            self._restore_counters(st.get("counters", {}))
+            self.start_step = int(self.resumed["step"])
+            self.orchestrator.restore(self.resumed)
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         lg = cfg.logging
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
                                      wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
                                      config=dump_config(cfg))
 
-    def connect_generators(self) -> None:
-        """Wait for every generator's hello, then send them the current weights (the resumed ones,
-        or the initial ones, which forms the first weight-sync group): a generator gets no prompt
-        before it serves the learner's weights."""
-        cfg = self.cfg
-        n = cfg.rollout.num_generators
-        self.syncer = WeightSyncer(cfg, self.io)
-        self.weights = sync_source(self.model, self.ranks)
-        log.info("waiting for %d generator(s); weight-sync store at %s", n, cfg.weight_sync.address)
-        self.io.wait_for(lambda: True if len(self.io.members) >= n else None,
-                         cfg.weight_sync.timeout_s, f"hello from all {n} generator(s)")
-        secs = self.sync_weights()
-        log.info("all %d generator(s) connected and serving weights v%d (%.2fs)", n, self.version, secs)
-
     def run(self) -> None:
-        cfg = self.cfg
-        self.io.start()
+        cfg, orch = self.cfg, self.orchestrator
         try:
-            self.connect_generators()
+            orch.connect()
             start = last = time.perf_counter()
             if self.resumed is None:
-                self._log_validation(step=0, time_s=0.0)
-            else:  # connect_generators sent them the resumed policy before any prompt
-                log.info("generators serve the resumed weights v%d; continuing at step %d", self.version,
+                self._log_validation()
+            else:  # connect sent them the resumed policy before any prompt
+                log.info("generators serve the resumed weights v%d; continuing at step %d", orch.version,
                          self.start_step + 1)
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
-                t_wait = time.perf_counter()
-                groups = self._next_batch()
-                t_train = time.perf_counter()
-                staleness = [self.version - int(g.column("policy_version")[0].as_py()) for g in groups]
-                self.ranks.send("step", step_payload(groups, self.version))
-                stats = self.trainer.step(groups, self.version)
-                stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
-                self._settle(groups)
-                self.version += 1
-                sync_s = self.sync_weights() if self.version % cfg.learner.sync_every == 0 else 0.0
-                now = time.perf_counter()
-                rec = self._record(step, groups, staleness, stats, sync_s, now - last, now - start)
-                last = now
+                rec, last = self._step(step, start, last)
                 if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
-                    rec.update(self.validate())
+                    rec.update(orch.validate())
                 self.metrics.log(rec)
                 every = cfg.learner.checkpoint_every
                 if every and (step % every == 0 or step == cfg.run.max_steps):
@@ -207,172 +169,40 @@ class Learner(LearnerRank):
                 save_hf(self.model, self.tokenizer, out)
                 log.info("saved final checkpoint to %s", out)
             self.ranks.send("stop")
-            self.io.send_all(messages.encode("stop"))
-            time.sleep(0.5)  # let the stop messages leave before the sockets close
+            orch.stop()
         finally:
-            self.io.stop()
+            orch.close()
             self.metrics.close()
 
-    def _settle(self, groups: list) -> None:
-        with self.io.cond:
-            self.dispatcher.settle([int(g.column("group_id")[0].as_py()) for g in groups])
+    def _step(self, step: int, start: float, last: float) -> tuple[dict[str, Any], float]:
+        """Wait for a batch, train on it (every rank), publish the weights when due: the step's
+        record and when it ended."""
+        orch = self.orchestrator
+        t_wait = time.perf_counter()
+        groups = orch.next_batch()
+        t_train = time.perf_counter()
+        version, batches = orch.version, [g.batch for g in groups]
+        self.ranks.send("step", step_payload(batches, version))
+        stats = self.trainer.step(batches, version)
+        stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
+        orch.trained(groups)
+        sync_s = orch.publish_weights() if orch.version % self.cfg.learner.sync_every == 0 else 0.0
+        now = time.perf_counter()
+        times = StepTimes(trained_at=version, sync_s=sync_s, step_s=now - last, time_s=now - start)
+        return orch.record(step, groups, stats, times), now
+
+    def _log_validation(self) -> None:
+        val = self.orchestrator.validate()
+        if val:
+            self.metrics.log({"step": 0, "policy_version": self.orchestrator.version, "time_s": 0.0, **val})
 
     def _checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
-        with self.io.cond:
-            data = self.dispatcher.state()
-        state = {"step": step, "version": self.version, "dispatcher": data,
-                 "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered,
-                 "counters": self._counters()}
+        state = {"step": step, **self.orchestrator.state()}
         self.ranks.send("checkpoint", str(step).encode())
         path = self.save_checkpoint(step, state)
-        log.info("checkpoint %s (%.1fs, %d prompts outstanding)", path, time.perf_counter() - t0, len(data["pending"]))
-
-    # Reliability counters continue across a resume (what happened after the checkpoint is
-    # discarded with the steps it belonged to).
-    _COUNTERS = {"prompts_redispatched": ("dispatcher", "redispatched"), "samples_lost": ("dispatcher", "samples_lost"),
-                 "duplicates_dropped": ("io", "duplicates"), "samples_duplicate_dropped": ("io", "duplicate_samples"),
-                 "generator_restarts": ("io", "generator_restarts"), "generators_gone": ("io", "generators_gone")}
-
-    def _counters(self) -> dict[str, int]:
-        out = {k: int(getattr(getattr(self, owner), attr)) for k, (owner, attr) in self._COUNTERS.items()}
-        out["sync_failures"] = self._sync_failures()
-        return out
-
-    def _restore_counters(self, counters: dict[str, int]) -> None:
-        for key, (owner, attr) in self._COUNTERS.items():
-            setattr(getattr(self, owner), attr, int(counters.get(key, 0)))
-        self._sync_failures_before = int(counters.get("sync_failures", 0))
-
-    def _sync_failures(self) -> int:
-        return self._sync_failures_before + (self.syncer.failures if self.syncer else 0)
-
-    def _next_batch(self) -> list:
-        """The oldest ``prompts_per_step`` usable groups: too-stale ones dropped (policy ``drop``)
-        and, with DAPO dynamic sampling, groups whose rewards are all equal filtered out while
-        their slots are dispatched again until the batch is full."""
-        cfg, B, a = self.cfg, self.cfg.learner.prompts_per_step, self.cfg.algorithm
-        batch: list = []
-        filtered_here = 0
-        while len(batch) < B:
-            k = B - len(batch)
-            groups = self._wait_for(lambda: self.io.buffer.select(k, self.dispatcher.min_inflight_bound()),
-                                      cfg.learner.wait_timeout_s, f"{k} scored groups from the reward workers")
-            if a.stale_policy == "drop":
-                fresh = [g for g in groups
-                         if self.version - int(g.column("policy_version")[0].as_py()) <= cfg.learner.max_staleness]
-                self.stale_dropped += len(groups) - len(fresh)
-                self._settle([g for g in groups if not any(g is f for f in fresh)])
-                groups = fresh
-            if a.dynamic_sampling and groups:
-                rewards = [[float(r or 0.0) for r, b in zip(g.column("reward").to_pylist(),
-                                                             g.column("is_baseline").to_pylist()) if not b]
-                           for g in groups]
-                signal = groups_with_signal(torch.tensor(rewards)).tolist()
-                dropped = len(groups) - sum(signal)
-                if dropped:
-                    self.groups_filtered += dropped
-                    filtered_here += dropped
-                    if filtered_here > a.dynamic_sampling_max_groups * B:
-                        raise RuntimeError(
-                            f"dynamic sampling dropped {filtered_here} groups with equal rewards while filling one "
-                            f"batch (limit algorithm.dynamic_sampling_max_groups={a.dynamic_sampling_max_groups} x "
-                            f"{B}): the reward gives no signal for this policy/data")
-                    with self.io.cond:
-                        self.dispatcher.discard(dropped)
-                self._settle([g for g, keep in zip(groups, signal) if not keep])
-                groups = [g for g, keep in zip(groups, signal) if keep]
-            batch += groups
-        return batch
-
-    def sync_weights(self) -> float:
-        """Broadcast the full state to every live generator; return seconds until all serve it."""
-        assert self.syncer is not None and self.weights is not None
-        return self.syncer.sync(self.weights, self.version)  # K ranks: each attempt sends them "sync"
-
-    def _wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
-        """``io.wait_for`` that lets a restarted or new generator in while the learner waits: the
-        generators get the current weights at once (re-forming the group) instead of at the next
-        sync, so a newcomer never idles and a dead member never blocks the next sync."""
-        assert self.syncer is not None
-        syncer, deadline = self.syncer, time.monotonic() + timeout
-        while True:
-            got = self.io.wait_for(lambda: _CHANGED if self.io.membership_locked() != syncer.members else predicate(),
-                                   max(0.0, deadline - time.monotonic()), what)
-            if got is not _CHANGED:
-                return got
-            log.info("generators changed while waiting for %s: sending weights v%d", what, self.version)
-            self.sync_weights()
-
-    def validate(self) -> dict[str, float]:
-        """Greedy scores of the test prompts, generated by the generators at their current version."""
-        if not self.val_prompts:
-            return {}
-        gids = self.io.request_validation(self.val_prompts, self.cfg.sampling.max_new_tokens)
-        res = self._wait_for(lambda: [self.io.val_results.pop(g) for g in gids]
-                               if all(g in self.io.val_results for g in gids) else None,
-                               self.cfg.learner.wait_timeout_s, f"{len(gids)} validation results")
-        rewards = [float(b.column("reward")[0].as_py() or 0.0) for b in res]
-        versions = [int(b.column("policy_version")[0].as_py()) for b in res]
-        # accuracy: replies earning the full reward (a correct final answer in the asked format)
-        return {"val_reward_mean": sum(rewards) / len(rewards),
-                "val_accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
-                "val_policy_version_min": min(versions)}
-
-    def _log_validation(self, step: int, time_s: float) -> None:
-        val = self.validate()
-        if val:
-            self.metrics.log({"step": step, "policy_version": self.version, "time_s": time_s, **val})
-
-    def _record(self, step: int, groups: list, staleness: list[int], stats: dict[str, float],
-                sync_s: float, step_s: float, time_s: float) -> dict[str, Any]:
-        rewards = [r for g in groups for r, b in zip(g.column("reward").to_pylist(),
-                                                      g.column("is_baseline").to_pylist()) if not b]
-        samples = len(rewards)
-        tokens = sum(sum(g.column("response_token_ids").value_lengths().to_pylist()) for g in groups)
-        errors = sum(g.num_rows - g.column("reward_error").null_count for g in groups)
-        versions = [int(g.column("policy_version")[0].as_py()) for g in groups]
-        return {
-            "step": step, "policy_version": self.version,
-            "prompt_ids": [int(g.column("prompt_id")[0].as_py()) for g in groups],
-            "reward_mean": sum(float(r or 0.0) for r in rewards) / samples,
-            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
-            "samples": samples, "tokens": tokens, "samples_per_s": samples / max(step_s, 1e-9),
-            "tokens_per_s": tokens / max(step_s, 1e-9), "weight_sync_s": sync_s, "step_s": step_s,
-            "sample_version_min": min(versions), "sample_version_max": max(versions),
-            "time_s": time_s, "stale_dropped": self.stale_dropped, "groups_filtered": self.groups_filtered, "reward_errors": errors,
-            "messages_dropped": self.io.drops.total, "duplicates_dropped": self.io.duplicates,
-            "samples_duplicate_dropped": self.io.duplicate_samples,
-            "samples_lost": self.dispatcher.samples_lost, "prompts_redispatched": self.dispatcher.redispatched,
-            "generator_restarts": self.io.generator_restarts, "generators_gone": self.io.generators_gone,
-            "sync_failures": self._sync_failures(),
-            "worker_restarts": worker_restarts(self.cfg.run.dir),
-            "transport_s_total": self.io.transport_s, "trajectory_mb_total": self.io.bytes_in / 2**20,
-            **stats,
-        }
-
-
-def worker_restarts(run_dir: Path) -> int:
-    """Restarts `asyncrl up` recorded in ``supervisor.jsonl`` (0 when started by hand)."""
-    path = run_dir / "supervisor.jsonl"
-    if not path.is_file():
-        return 0
-    return sum('"restart"' in line for line in path.read_text().splitlines())
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records of steps after ``step`` (written by a run that died after its checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec_step = json.loads(line).get("step")
-        except ValueError:
-            continue  # a line cut short by the crash
-        if not isinstance(rec_step, int) or rec_step <= step:
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+        log.info("checkpoint %s (%.1fs, %d prompts outstanding)", path, time.perf_counter() - t0,
+                 len(state["dispatcher"]["pending"]))
 
 
 def main(cfg: RunConfig) -> None:

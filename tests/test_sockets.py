@@ -10,8 +10,10 @@ import zmq
 
 from asyncrl import messages, schema
 from asyncrl.config import validate_config
+from asyncrl.transport import make_transport
 from learner.orchestrator.dispatcher import Dispatcher, Sampling, TokenizedPrompt
-from learner.orchestrator.io import LearnerIO
+from learner.orchestrator.io import IOPump
+from learner.orchestrator.state import OrchestratorState
 from tests.conftest import free_port
 from tests.test_wire import _row
 
@@ -60,10 +62,10 @@ def test_reward_worker_survives_garbage_and_scores() -> None:
         ctx.destroy(linger=0)
 
 
-def _learner_io(cfg, n_prompts: int) -> tuple[Dispatcher, LearnerIO]:
+def _learner_io(cfg, n_prompts: int) -> tuple[Dispatcher, IOPump]:
     prompts = [TokenizedPrompt(i, [1, 2], "arith", "3") for i in range(n_prompts)]
     d = Dispatcher(prompts, prompts_per_step=2, max_staleness=0, sampling=Sampling(2, 1.0, 4), seed=0)
-    io = LearnerIO(cfg, d)
+    io = IOPump(cfg, OrchestratorState.for_run(cfg, d), make_transport(cfg.transport))
     io.start()
     return d, io
 
@@ -97,7 +99,7 @@ def test_learner_io_survives_garbage_and_dispatches() -> None:
         push.send(schema.encode_batch(schema.make_batch([_row(group_id=gid, reward=1.0)])))
         push.send(schema.encode_batch(schema.make_batch([_row(group_id=gid, reward=1.0)])))  # duplicate
         push.send(schema.encode_batch(schema.make_batch([_row(group_id=999)])))  # foreign
-        _wait(lambda: len(io.buffer) == 1 and io.duplicates == 2)
+        _wait(lambda: len(io.state.buffer) == 1 and io.state.counters.duplicates_dropped == 2)
         _wait(lambda: io.drops.total == 2 * len(GARBAGE))
     finally:
         io.stop()
@@ -105,11 +107,11 @@ def test_learner_io_survives_garbage_and_dispatches() -> None:
 
 
 def test_silent_generator_is_declared_gone_and_told_to_rejoin() -> None:
-    """A generator on another host goes silent: after learner.generator_timeout_s its prompts are
+    """A generator on another host goes silent: after liveness.generator_timeout_s its prompts are
     dispatched again; when it speaks again it is told to rejoin; a hello makes it a member again,
     held until it serves the current weights. Hellos under a wrong identity are dropped."""
     cfg = _cfg()
-    cfg.learner.generator_timeout_s = 1.0
+    cfg.liveness.generator_timeout_s = 1.0
     d, io = _learner_io(cfg, 8)
     ctx = zmq.Context()
     gen, impostor = _dealer(ctx, cfg, b"gen-0"), _dealer(ctx, cfg, b"gen-7")
@@ -120,14 +122,14 @@ def test_silent_generator_is_declared_gone_and_told_to_rejoin() -> None:
         gen.send(messages.encode("synced", generator=0, version=0, seconds=0.1))
         assert gen.poll(10000)
         first = messages.decode(gen.recv())["items"]
-        assert len(first) == 2 and io.membership() == {b"gen-0": 1}
-        _wait(lambda: io.generators_gone == 1, timeout=10)  # silent for more than 1 s
-        assert io.membership() == {} and d.redispatched == 2 and d.held == {b"gen-0"}
+        assert len(first) == 2 and io.state.members() == {b"gen-0": 1}
+        _wait(lambda: io.state.counters.generators_gone == 1, timeout=10)  # silent for more than 1 s
+        assert io.state.members() == {} and d.counters.prompts_redispatched == 2 and d.held == {b"gen-0"}
         gen.send(messages.encode("heartbeat", generator=0, version=0))
         assert gen.poll(10000) and messages.decode(gen.recv())["type"] == "rejoin"
         gen.send(messages.encode("hello", generator=0, version=0))
         gen.send(messages.encode("credit", generator=0, version=0, count=5))
-        _wait(lambda: io.membership() == {b"gen-0": 2})
+        _wait(lambda: io.state.members() == {b"gen-0": 2})
         assert not gen.poll(300)  # held again until it serves the current weights
         gen.send(messages.encode("synced", generator=0, version=0, seconds=0.1))
         assert gen.poll(10000)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pyarrow as pa
+from asyncrl.transport.items import ScoredGroup
 
 
 @dataclass
 class GroupBuffer:
-    groups: list[pa.RecordBatch] = field(default_factory=list)
+    groups: list[ScoredGroup] = field(default_factory=list)
 
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.groups.append(batch)
+    def add(self, group: ScoredGroup) -> None:
+        self.groups.append(group)
 
     def __len__(self) -> int:
         return len(self.groups)
 
-    def select(self, size: int, min_inflight_bound: int | None) -> list[pa.RecordBatch] | None:
+    def select(self, size: int, min_inflight_bound: int | None) -> list[ScoredGroup] | None:
         """Pop the ``size`` oldest groups (by policy version) if that choice is final.
 
         A choice is final when no group still in flight could be older than the newest
@@ -25,9 +25,9 @@ class GroupBuffer:
         """
         if len(self.groups) < size:
             return None
-        order = sorted(range(len(self.groups)), key=lambda i: _version(self.groups[i]))
+        order = sorted(range(len(self.groups)), key=lambda i: self.groups[i].policy_version)
         chosen = order[:size]
-        newest = _version(self.groups[chosen[-1]])
+        newest = self.groups[chosen[-1]].policy_version
         if min_inflight_bound is not None and min_inflight_bound < newest:
             return None
         picked = set(chosen)
@@ -35,6 +35,3 @@ class GroupBuffer:
         self.groups = [g for i, g in enumerate(self.groups) if i not in picked]
         return out
 
-
-def _version(batch: pa.RecordBatch) -> int:
-    return int(batch.column("policy_version")[0].as_py())

@@ -23,6 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from asyncrl.transport.items import PromptItem
+from learner.orchestrator.counters import Counters
+
 
 @dataclass(frozen=True)
 class TokenizedPrompt:
@@ -64,7 +67,7 @@ def prompt_seed(run_seed: int, epoch: int, prompt_id: int) -> int:
 
 class Dispatcher:
     def __init__(self, prompts: list[TokenizedPrompt], *, prompts_per_step: int, max_staleness: int,
-                 sampling: Sampling, seed: int, shuffle: bool = True) -> None:
+                 sampling: Sampling, seed: int, shuffle: bool = True, counters: Counters | None = None) -> None:
         if not prompts:
             raise ValueError("no training prompts to dispatch")
         self.prompts, self.B, self.s = prompts, prompts_per_step, max_staleness
@@ -77,14 +80,14 @@ class Dispatcher:
         self.credits: dict[bytes, int] = {}
         self.versions: dict[bytes, int] = {}
         self.inflight: dict[int, InFlight] = {}
-        self.val_queue: deque[dict[str, Any]] = deque()
+        self.val_queue: deque[PromptItem] = deque()
         self.by_id = {p.prompt_id: p for p in prompts}
         self.outstanding: dict[int, Dispatch] = {}  # group id -> dispatch, until trained or dropped
         self.redo: deque[Dispatch] = deque()  # dispatched before new prompts (lost or resumed ones)
-        self.redispatched = 0  # prompts dispatched again because their group never came back
-        self.samples_lost = 0
+        # prompts_redispatched and samples_lost are counted here (a shared record: see counters.py)
+        self.counters = counters if counters is not None else Counters()
         self.held: set[bytes] = set()  # generators that get nothing until they serve the current weights
-        self.val_inflight: dict[int, tuple[bytes, dict[str, Any]]] = {}  # validation group -> (generator, item)
+        self.val_inflight: dict[int, tuple[bytes, PromptItem]] = {}  # validation group -> (generator, item)
 
     def _order(self, epoch: int) -> list[int]:
         idx = list(range(len(self.prompts)))
@@ -114,15 +117,15 @@ class Dispatcher:
         """Groups that arrived but will never be trained (dynamic sampling) free their slots."""
         self.discarded += groups
 
-    def take(self, gen: bytes) -> list[dict[str, Any]]:
+    def take(self, gen: bytes) -> list[PromptItem]:
         """Items to send to ``gen`` now: validation first, then admitted train prompts."""
-        items: list[dict[str, Any]] = []
+        items: list[PromptItem] = []
         if gen in self.held:
             return items
         credit = self.credits.get(gen, 0)
         while credit and self.val_queue:
             item = self.val_queue.popleft()
-            self.val_inflight[item["group_id"]] = (gen, item)
+            self.val_inflight[item.group_id] = (gen, item)
             items.append(item)
             credit -= 1
         n_train = min(credit, self.admissible(self.versions.get(gen, 0)))
@@ -131,7 +134,7 @@ class Dispatcher:
         self.credits[gen] = credit - n_train
         return items
 
-    def _train_item(self, gen: bytes) -> dict[str, Any]:
+    def _train_item(self, gen: bytes) -> PromptItem:
         d = self._next_prompt()
         p = self.by_id[d.prompt_id]
         gid = self._new_group_id()
@@ -139,11 +142,8 @@ class Dispatcher:
         self.inflight[gid] = InFlight(gen, self.versions.get(gen, 0), p.prompt_id, time.monotonic())
         self.outstanding[gid] = d
         s = self.sampling
-        item = _item(p, gid, "train", s.n, s.temperature, s.max_tokens)
-        item["seed"], item["attempt"] = d.seed, d.attempt
-        if s.greedy_baseline:
-            item["greedy_baseline"] = True
-        return item
+        return _item(p, gid, "train", s.n, s.temperature, s.max_tokens, seed=d.seed, attempt=d.attempt,
+                     greedy_baseline=s.greedy_baseline)
 
     def settle(self, group_ids: list[int]) -> None:
         """These groups were trained on (or deliberately dropped): never dispatch them again."""
@@ -162,8 +162,8 @@ class Dispatcher:
                 again.append(Dispatch(d.prompt_id, d.seed, d.attempt + 1))
         self.redo.extendleft(reversed(again))
         self.discarded += len(again)  # their admission slots are handed out again
-        self.redispatched += len(again)
-        self.samples_lost += len(again) * self.sampling.n
+        self.counters.prompts_redispatched += len(again)
+        self.counters.samples_lost += len(again) * self.sampling.n
         return len(again)
 
     def hold_generator(self, gen: bytes) -> list[int]:
@@ -233,8 +233,8 @@ class Dispatcher:
         return min((f.version_bound for f in self.inflight.values()), default=None)
 
 
-def _item(p: TokenizedPrompt, gid: int, split: str, n: int, temperature: float,
-          max_tokens: int) -> dict[str, Any]:
-    return {"prompt_id": p.prompt_id, "group_id": gid, "split": split, "data_source": p.data_source,
-            "ground_truth": p.ground_truth, "prompt_token_ids": p.token_ids, "n": n,
-            "temperature": temperature, "max_tokens": max_tokens}
+def _item(p: TokenizedPrompt, gid: int, split: str, n: int, temperature: float, max_tokens: int,
+          **extra: Any) -> PromptItem:
+    return PromptItem(prompt_id=p.prompt_id, group_id=gid, split=split, data_source=p.data_source,
+                      ground_truth=p.ground_truth, prompt_token_ids=p.token_ids, n=n, temperature=temperature,
+                      max_tokens=max_tokens, **extra)
