@@ -77,16 +77,23 @@ def main() -> None:
             print(f"{name}: max_staleness={s}, {args.seconds:.0f}s of training", flush=True)
             runs[name] = run_up(args.config, tmp_path / name, sets + port_sets() + [f"learner.max_staleness={s}"],
                                 seconds=args.seconds, label=name)
+    report(runs, args.out, f"config {args.config.name}, {args.seconds:.0f}s of training each, "
+                           f"async max_staleness={args.staleness}")
+
+
+def report(runs: dict[str, dict], out: Path, note: str) -> float:
+    """Table, curves and results of a ``{"sync": run, "async": run}`` pair (:func:`run_control.read_run`
+    form); returns the async / sync samples/s ratio."""
     rows = [{"mode": name, **summarise(run)} for name, run in runs.items()]
     speed = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
-    png = plot(runs, args.out)
+    png = plot(runs, out)
     cols = ["mode", "steps", "time_s", "samples_per_s", "tokens_per_s", "generator_busy", "learner_busy",
             "reward_mean_last_third"]
-    md = table(rows, cols)
-    md += (f"\n\nconfig {args.config.name}, {args.seconds:.0f}s of training each, async max_staleness="
-           f"{args.staleness}\n\n**async / sync samples/s = {speed:.2f}x**" + (f"\n\n![curves]({png.name})" if png else ""))
-    write_results(args.out, "async_vs_sync", {"rows": rows, "speedup": speed,
-                                              "curves": {k: v["steps"] for k, v in runs.items()}}, md)
+    md = table(rows, cols) + f"\n\n{note}\n\n**async / sync samples/s = {speed:.2f}x**"
+    md += f"\n\n![curves]({png.name})" if png else ""
+    write_results(out, "async_vs_sync", {"rows": rows, "speedup": speed,
+                                         "curves": {k: v["steps"] for k, v in runs.items()}}, md)
+    return speed
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, table, tiny_sets, write_results  # noqa: E402
-from benchmarks.run_control import port_sets  # noqa: E402
+from benchmarks.launch import port_sets, read_metrics, run_up  # noqa: E402
 
 
 def main() -> None:
@@ -40,25 +38,29 @@ def main() -> None:
         sets += port_sets() + [f"learner.world_size={args.world_size}", "learner.save_final=false",
                                "learner.val_every=0"]
         run_dir = Path(tmp) / "run"
-        argv = [sys.executable, "-m", "cli.main", "up", str(args.config), "--run-dir", str(run_dir),
-                "--max-steps", str(args.steps)] + [a for s in sets for a in ("--set", s)]
-        print("running:", " ".join(argv[2:6]), f"... ({args.steps} steps)", flush=True)
-        res = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(f"running: up {args.config} ({args.steps} steps)", flush=True)
+        res = run_up(args.config, run_dir, sets, args.steps, timeout_s=24 * 3600)
         if res.returncode != 0:
             sys.exit(f"run failed ({res.returncode}):\n{res.stdout[-4000:]}")
-        recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = {r["step"]: r for r in recs if "rss_mb_r0" in r}
+        report(run_dir, args.early, args.world_size, args.out, args.config)
+
+
+def report(run_dir: Path, early: int, world_size: int, out: Path, config: Path) -> float:
+    """RSS per rank at step ``early`` and at the run's last step, from its metrics; returns the
+    largest growth (last / early - 1)."""
+    steps = {r["step"]: r for r in read_metrics(run_dir) if "rss_mb_r0" in r}
+    n = max(steps)
     rows = []
-    for rank in range(args.world_size):
-        early, last = steps[args.early][f"rss_mb_r{rank}"], steps[args.steps][f"rss_mb_r{rank}"]
-        rows.append({"rank": rank, f"rss_mb_step{args.early}": early, f"rss_mb_step{args.steps}": last,
-                     "growth": last / early - 1, "peak_rss_mb": steps[args.steps][f"peak_rss_mb_r{rank}"]})
+    for rank in range(world_size):
+        first, last = steps[early][f"rss_mb_r{rank}"], steps[n][f"rss_mb_r{rank}"]
+        rows.append({"rank": rank, f"rss_mb_step{early}": first, f"rss_mb_step{n}": last,
+                     "growth": last / first - 1, "peak_rss_mb": steps[n][f"peak_rss_mb_r{rank}"]})
     worst = max(r["growth"] for r in rows)
     md = table(rows, list(rows[0]))
-    md += (f"\n\nconfig {args.config.name}, {args.steps} steps, world_size {args.world_size}\n\n"
-           f"**RSS growth step {args.early} -> {args.steps}: {worst * 100:+.1f}% (goal within +5%)**")
-    write_results(args.out, "memory", {"rows": rows, "growth_max": worst, "config": str(args.config),
-                                       "steps": args.steps}, md)
+    md += (f"\n\nconfig {config.name}, {n} steps, world_size {world_size}\n\n"
+           f"**RSS growth step {early} -> {n}: {worst * 100:+.1f}% (goal within +5%)**")
+    write_results(out, "memory", {"rows": rows, "growth_max": worst, "config": str(config), "steps": n}, md)
+    return worst
 
 
 if __name__ == "__main__":

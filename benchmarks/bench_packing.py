@@ -110,8 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = pick_model(args.model, args.smoke, Path(tmp))
         common = [__file__, "--model", str(model), "--prompts", str(args.prompts), "--n", str(args.n),
-                  "--max-response", str(args.max_response), "--budget", str(args.budget), "--mbs", str(args.mbs), "--repeats",
-                  str(args.repeats), "--seed", str(args.seed), "--threads", str(args.threads)]
+                  "--max-response", str(args.max_response), "--budget", str(args.budget), "--mbs", str(args.mbs),
+                  "--repeats", str(args.repeats), "--seed", str(args.seed), "--threads", str(args.threads)]
         common += ["--bf16"] if args.bf16 else []
         rows = [run_worker(common + ["--worker", mode]) for mode in ("padded", "packed")]
     padded, packed = rows
@@ -120,7 +120,8 @@ def main() -> None:
     md = table(rows, ["mode", "real_tokens", "computed_tokens", "micro_batches", "step_s", "tokens_per_s",
                       "peak_rss_mb"])
     md += (f"\n\nmodel: {model.name}; batch {args.prompts} prompts x {args.n} samples; token budget "
-           f"{args.budget or 'none'}, at most {args.mbs} samples per pass\n\n**packed / padded tokens/s = {ratio:.2f}x; peak RSS packed / padded = {mem:.2f}**")
+           f"{args.budget or 'none'}, at most {args.mbs} samples per pass\n\n**packed / padded tokens/s = "
+           f"{ratio:.2f}x; peak RSS packed / padded = {mem:.2f}**")
     write_results(args.out, args.name, {"model": str(model), "rows": rows, "speedup": ratio, "rss_ratio": mem,
                                         "args": {k: str(v) for k, v in vars(args).items()}}, md)
 

@@ -94,7 +94,8 @@ def main() -> None:
         if args.smoke:
             from cli.model.tiny import write_tiny_model
 
-            model, args.steps, args.n, args.prompts, args.max_new_tokens = write_tiny_model(tmp_path / "tiny"), 2, 4, 2, 16
+            model = write_tiny_model(tmp_path / "tiny")
+            args.steps, args.n, args.prompts, args.max_new_tokens = 2, 4, 2, 16
         else:
             model = SMOLLM2
             if not (model / "config.json").is_file():

@@ -38,7 +38,7 @@ from benchmarks.common import REPO, SMOLLM2, pick_model, table, write_results  #
 from benchmarks.run_control import port_sets, run_up  # noqa: E402
 
 
-def _raw_rank(rank: int, port: int, nbytes: int, bucket: int, repeats: int, out: "mp.Queue[float]") -> None:
+def _raw_rank(rank: int, port: int, nbytes: int, bucket: int, repeats: int, out: mp.Queue[float]) -> None:
     from datetime import timedelta
 
     import torch
@@ -144,7 +144,7 @@ def model_bytes(model: Path, dtype_bytes: int) -> int:
     cfg = json.loads((model / "config.json").read_text())
     for f in model.glob("*.safetensors"):
         with safe_open(f, "pt") as st:
-            for k in st.keys():
+            for k in st.keys():  # noqa: SIM118 (safe_open has keys(), no __iter__)
                 if cfg.get("tie_word_embeddings") and k == "lm_head.weight":
                     continue
                 shape = st.get_slice(k).get_shape()
@@ -155,7 +155,8 @@ def model_bytes(model: Path, dtype_bytes: int) -> int:
     return total
 
 
-_APPLIED = re.compile(r"weights applied \((?P<path>[^)]+)\): (?P<total>[0-9.]+)s, of which receiving (?P<recv>[0-9.]+)s")
+_APPLIED = re.compile(r"weights applied \((?P<path>[^)]+)\): (?P<total>[0-9.]+)s, "
+                      r"of which receiving (?P<recv>[0-9.]+)s")
 
 
 def generator_breakdown(log: Path) -> dict[str, object]:
@@ -173,7 +174,7 @@ def generator_breakdown(log: Path) -> dict[str, object]:
             "worker_total_s": total, "first_sync_worker_s": float(found[0]["total"])}
 
 
-def _apply_ab_child(model: str, dtype: str, rounds: int, out: "mp.Queue[dict]") -> None:
+def _apply_ab_child(model: str, dtype: str, rounds: int, out: mp.Queue[dict]) -> None:
     """In one engine (worker in this process): vLLM's reload_weights vs rollout.inplace, alternated."""
     import os
 
@@ -270,7 +271,8 @@ def main() -> None:
         main_ranks(args)
         return
     if args.pieces:
-        model, dtype = (SMOLLM2, "bfloat16") if (SMOLLM2 / "config.json").is_file() and not args.smoke else (None, "float32")
+        smollm = (SMOLLM2 / "config.json").is_file() and not args.smoke
+        model, dtype = (SMOLLM2, "bfloat16") if smollm else (None, "float32")
         with tempfile.TemporaryDirectory() as tmp:
             if model is None:
                 from cli.model.tiny import write_tiny_model
@@ -325,8 +327,8 @@ def main() -> None:
         md += (f"\n\ninside the vLLM worker per sync (median after the first): apply path {split['apply_path']}, "
                f"receiving {split['worker_receive_s']:.3f} s, applying {split['worker_apply_s']:.3f} s; "
                f"first sync {split['first_sync_worker_s']:.3f} s")
-    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes, **split,
-                                            "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
+    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes,
+                                            **split, "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
 
 
 def main_ranks(args: argparse.Namespace) -> None:

@@ -5,7 +5,9 @@ One ``asyncrl up`` run of the tiny config (fresh tiny model and arithmetic data)
 checkpoints. At randomly chosen learner steps (seeded) it sends SIGKILL to the generator
 (``--generator-kills``), the reward worker (``--reward-kills``) and the learner
 (``--learner-kills``); each kill lands a random 0-1.5 s after its step. ``asyncrl up`` restarts
-the generator and reward worker by itself; after a learner kill it stops the run, and this
+the generator and reward worker by itself; a kill whose target is down at that moment (an
+earlier kill's restart still pending) is sent to the restarted process as soon as the launcher
+starts it, and counted as a kill that landed during a restart. After a learner kill it stops the run, and this
 script continues it with ``asyncrl up --resume``, as a user would. At the end it reads
 ``metrics.jsonl`` and the final checkpoint's data position and reports::
 
@@ -24,7 +26,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,30 +36,38 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, table, tiny_sets, write_results  # noqa: E402
-from benchmarks.run_control import port_sets, read_jsonl  # noqa: E402
+from benchmarks.launch import STARTED, Up, parent_pid, port_sets, read_jsonl  # noqa: E402
 
 TARGETS = {"generator": "rollout-0", "reward": "reward-0", "learner": "learner"}
 
 
-class UpRun:
-    """One ``asyncrl up`` process whose output is followed: children's pids, learner step, readiness."""
+class Targets:
+    """The drill's view of ``asyncrl up``'s children, from the launcher's output: each one's current
+    pid (its latest ``started NAME (pid N)`` line), whether it serves (``ready``), the learner step.
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    A kill is sent to the current pid only while that process is alive and still the launcher's
+    child (read from /proc at kill time). A target that is down, killed or crashed with its restart
+    still pending, gets the kill the moment the launcher starts it again: the kill lands during the
+    restart, a case the run must survive, and the drill records it as such.
+    """
+
+    def __init__(self, launcher_pid: int = 0) -> None:
+        self.launcher_pid = launcher_pid  # set once the launcher is started (lines may come first)
         self.pids: dict[str, int] = {}
         self.ready: set[str] = set()  # children up since their last start
         self.step = 0
-        self.log = open(log_path, "a")
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        threading.Thread(target=self._follow, daemon=True).start()
+        self.armed: dict[str, dict[str, Any]] = {}  # name -> the record of a kill waiting for its restart
+        self.lock = threading.Lock()
 
-    def _follow(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.write(line)
-            if m := re.search(r"started (\S+) \(pid (\d+)\)", line):
-                self.pids[m.group(1)] = int(m.group(2))
-                self.ready.discard(m.group(1))
+    def feed(self, line: str) -> None:
+        with self.lock:
+            if m := STARTED.search(line):
+                name, pid = m.group(1), int(m.group(2))
+                self.pids[name] = pid
+                self.ready.discard(name)
+                if name in self.armed:
+                    record = self.armed.pop(name)
+                    record["landed_on_pid"] = pid if _sigkill(pid) else None
             if "[rollout-0]" in line and "weights v" in line and "applied" in line:
                 self.ready.add("rollout-0")
             if m := re.search(r"\[learner\].* step (\d+)/", line):
@@ -66,15 +75,28 @@ class UpRun:
                 self.ready.add("learner")
                 self.ready.add("reward-0")  # a step needs scored groups: the reward worker serves again
 
-    def kill(self, name: str) -> None:
-        os.kill(self.pids[name], signal.SIGKILL)
-        self.ready.discard(name)
+    def alive(self, name: str) -> bool:
+        pid = self.pids.get(name)
+        return pid is not None and parent_pid(pid) == self.launcher_pid
 
-    def wait(self) -> int:
-        code = self.proc.wait()
-        time.sleep(0.5)
-        self.log.flush()
-        return code
+    def kill(self, name: str, record: dict[str, Any]) -> None:
+        """SIGKILL ``name`` now, or at its restart when it is down (``record["during_restart"]``)."""
+        with self.lock:
+            self.ready.discard(name)
+            if self.alive(name) and _sigkill(self.pids[name]):
+                record.update(during_restart=False, landed_on_pid=self.pids[name])
+                return
+            record.update(during_restart=True, landed_on_pid=None, dead_pid=self.pids.get(name))
+            self.armed[name] = record
+
+
+def _sigkill(pid: int) -> bool:
+    """SIGKILL ``pid``; False when it is already gone (it died since it was looked up)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def schedule(rng: random.Random, steps: int, kills: dict[str, int], checkpoint_every: int) -> list[tuple[int, str]]:
@@ -146,20 +168,25 @@ def main() -> None:
         done: list[dict[str, Any]] = []
         resumes = 0
         while True:
-            argv = [sys.executable, "-m", "cli.main", "up", str(REPO / "configs" / "tiny_cpu.toml"), "--run-dir",
-                    str(run_dir), "--max-steps", str(args.steps)] + [a for s in sets + port_sets() for a in ("--set", s)]
-            run = UpRun(argv + (["--resume"] if resumes else []), log_path)
-            while run.proc.poll() is None:
+            targets = Targets()
+            up = Up(REPO / "configs" / "tiny_cpu.toml", run_dir, sets + port_sets(), args.steps,
+                    resume=resumes > 0, log=log_path, on_line=targets.feed)
+            targets.launcher_pid = up.pid
+            while up.proc.poll() is None:
                 pending = [e for e in events if e not in [(d["at_step"], d["process"]) for d in done]]
-                if pending and run.step >= pending[0][0] and TARGETS[pending[0][1]] in run.ready:
+                if pending and targets.step >= pending[0][0] and (
+                        TARGETS[pending[0][1]] in targets.ready or not targets.alive(TARGETS[pending[0][1]])):
                     time.sleep(rng.uniform(0, 1.5))
                     at, what = pending[0]
-                    run.kill(TARGETS[what])
-                    done.append({"at_step": at, "process": what, "learner_step": run.step,
-                                 "time_s": round(time.monotonic() - t0, 1)})
-                    print(f"  kill -9 {TARGETS[what]} at learner step {run.step}", flush=True)
+                    record = {"at_step": at, "process": what, "learner_step": targets.step,
+                              "time_s": round(time.monotonic() - t0, 1)}
+                    targets.kill(TARGETS[what], record)
+                    done.append(record)
+                    when = " (down: lands on its restart)" if record["during_restart"] else ""
+                    print(f"  kill -9 {TARGETS[what]} at learner step {targets.step}{when}", flush=True)
                 time.sleep(0.2)
-            code = run.wait()
+            code = up.wait(timeout_s=60)
+            up.close()
             if code == 0:
                 break
             if done and done[-1]["process"] == "learner" and resumes < args.learner_kills:
@@ -174,6 +201,7 @@ def main() -> None:
     last = acc.pop("last")
     rows = [{"what": k, "value": v} for k, v in [
         ("kills (generator / reward / learner)", " / ".join(str(sum(d["process"] == w for d in done)) for w in kills)),
+        ("kills that landed during a restart", sum(bool(d["during_restart"]) for d in done)),
         ("automatic restarts by asyncrl up", len(restarts)), ("resumes after a learner kill", resumes),
         ("steps reached", f"{acc['last_step']} of {args.steps}"), ("prompts trained", acc["trained"]),
         ("prompts trained twice", acc["trained_twice"]), ("dispatched prompts unaccounted for", acc["unaccounted"]),

@@ -3,75 +3,43 @@ reading what the run wrote (learner metrics, generator stats)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO
+from benchmarks.launch import Up, port_sets, read_jsonl
 
-
-def port_sets(num_rewards: int = 1) -> list[str]:
-    socks, ports = [], []
-    for _ in range(3 + num_rewards):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    rewards = ",".join(f'"127.0.0.1:{p}"' for p in ports[3:])
-    return [f"transport.dispatch=127.0.0.1:{ports[0]}", f"transport.trajectories=127.0.0.1:{ports[1]}",
-            f"weight_sync.address=127.0.0.1:{ports[2]}", f"transport.rewards=[{rewards}]"]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+__all__ = ["port_sets", "read_jsonl", "read_run", "run_up", "summarise"]
 
 
 def run_up(config: Path, run_dir: Path, sets: list[str], *, max_steps: int = 100000,
            seconds: float | None = None, label: str = "") -> dict[str, Any]:
     """Run ``asyncrl up`` until ``max_steps`` or until the learner has trained for ``seconds``
-    (then Ctrl-C, as a user would); return its metrics and generator stats."""
-    argv = [sys.executable, "-m", "cli.main", "up", str(config), "--run-dir", str(run_dir),
-            "--max-steps", str(max_steps)] + [a for s in sets for a in ("--set", s)]
-    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (then Ctrl-C, as a user would); return its metrics and generator stats. Its output goes to
+    ``<run_dir>.log`` next to the run dir."""
+    log = run_dir.parent / f"{run_dir.name}.log"
     metrics = run_dir / "metrics.jsonl"
-    try:
-        while proc.poll() is None:
+    with Up(config, run_dir, sets, max_steps, log=log) as up:
+        while up.proc.poll() is None:
             time.sleep(2)
             recs = [r for r in read_jsonl(metrics) if "reward_mean" in r]
             if recs:
                 print(f"  [{label}] step {recs[-1]['step']} t={recs[-1]['time_s']:.0f}s "
                       f"reward={recs[-1]['reward_mean']:.3f}", flush=True)
             if seconds is not None and recs and recs[-1]["time_s"] >= seconds:
-                os.killpg(proc.pid, signal.SIGINT)
-                proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    if proc.returncode not in (0, 130):
-        tail = (run_dir.parent / f"{run_dir.name}.log").read_text()[-4000:]
-        raise RuntimeError(f"asyncrl up failed ({proc.returncode}):\n{tail}")
-    return {"steps": [r for r in read_jsonl(metrics) if "reward_mean" in r],
-            "validation": [r for r in read_jsonl(metrics) if "val_accuracy" in r],
+                up.interrupt()
+                break
+        code = up.wait(timeout_s=120 if seconds is not None else 24 * 3600)
+    if code not in (0, 130):
+        raise RuntimeError(f"asyncrl up failed ({code}):\n{up.output[-4000:]}")
+    return read_run(run_dir)
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """What a run wrote: learner steps, validations, each generator's stats records."""
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    return {"steps": [r for r in metrics if "reward_mean" in r],
+            "validation": [r for r in metrics if "val_accuracy" in r],
             "generators": [read_jsonl(p) for p in sorted(run_dir.glob("rollout-*.jsonl"))]}
 
 

@@ -28,8 +28,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, connect_store, pack_state,  # noqa: E402
-                                 receive_state)
+from asyncrl.weight_sync import SyncGroup, WeightSyncTimeout, connect_store, pack_state, receive_state  # noqa: E402
 from learner.fsdp.model import broadcast_items, full_state_dict, load_policy  # noqa: E402
 from learner.fsdp.ranks import RankChannel  # noqa: E402
 from learner.fsdp.stream_sync import PackedSource, follow_sync, sync_params, sync_source  # noqa: E402
@@ -123,7 +122,8 @@ def learn(args: argparse.Namespace) -> None:
     out = {"world_size": world, "syncs": syncs, "bucket_bytes": bucket, "dtype": args.dtype,
            "model_bytes_fp32": sum(t.numel() * 4 for t in params),
            "largest_param_bytes_fp32": max(t.numel() * 4 for t in params),
-           "bytes_per_sync": sum(t.numel() for t in params) * torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()}
+           "bytes_per_sync": sum(t.numel() for t in params)
+           * torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()}
     if args.save:
         full = full_state_dict(model)
         torch.save({k: v.to(getattr(torch, args.dtype)) for k, v in full.items()}, args.out / "reference.pt")

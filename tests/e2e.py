@@ -1,46 +1,35 @@
-"""Helpers for end-to-end tests: run ``asyncrl up`` as a real process tree and clean it up."""
+"""Helpers for end-to-end tests: ``asyncrl up`` as a real process tree (through the launch helper
+the benchmarks use, :mod:`benchmarks.launch`), cleaned up exactly."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port
+from benchmarks.launch import REPO, Up, port_sets, read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "SPEED", "read_metrics", "run_cli", "run_up", "start_up"]
+
+# Every test run: the learner on one thread. On these 2-core machines the generator's engine and
+# the learner share the cores; with torch's default of 2 threads each tiny learner step waits on a
+# descheduled thread (1.1 s a step, 0.25 s with 1). A placement key users have, no code path skipped.
+SPEED = ["placement.learner_threads=1"]
 
 
-def port_overrides() -> list[str]:
-    return [f"transport.dispatch=127.0.0.1:{free_port()}",
-            f"transport.trajectories=127.0.0.1:{free_port()}",
-            f'transport.rewards=["127.0.0.1:{free_port()}"]',
-            f"transport.weight_sync=127.0.0.1:{free_port()}"]
+def start_up(config: Path, run_dir: Path, overrides: list[str], max_steps: int | None = None, *,
+             resume: bool = False) -> Up:
+    """``asyncrl up`` started with fresh ports (``up.sets`` holds them); use as a context manager."""
+    return Up(config, run_dir, SPEED + overrides + port_sets(), max_steps, resume=resume)
 
 
 def run_up(config: Path, run_dir: Path, overrides: list[str], max_steps: int,
            timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """Run ``asyncrl up`` to completion in its own session; kill exactly that session on timeout."""
-    argv = [sys.executable, "-m", "cli.main", "up", str(config), "--run-dir", str(run_dir),
-            "--max-steps", str(max_steps)]
-    for ov in overrides + port_overrides():
-        argv += ["--set", ov]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGINT)  # the launcher stops its own children on SIGINT
-        try:
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            _kill_session(proc.pid)
-        raise AssertionError(f"asyncrl up timed out after {timeout_s}s:\n{out[-5000:]}")
-    _kill_session(proc.pid)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+    """``asyncrl up`` to completion in its own session (output in ``.stdout``); the whole process
+    tree is killed on timeout and at the end."""
+    with start_up(config, run_dir, overrides, max_steps) as up:
+        code = up.wait(timeout_s)
+        return subprocess.CompletedProcess(up.proc.args, code, up.output, "")
 
 
 def run_cli(command: str, config: Path, run_dir: Path, sets: tuple[str, ...] | list[str],
@@ -51,14 +40,3 @@ def run_cli(command: str, config: Path, run_dir: Path, sets: tuple[str, ...] | l
     for s in sets:
         argv += ["--set", s]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
-
-
-def _kill_session(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

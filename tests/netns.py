@@ -60,7 +60,7 @@ class Hosts:
         _ip("-n", b, "link", "set", "lo", "up")
         _ip("-n", b, "link", "add", "br0", "type", "bridge")
         _ip("-n", b, "link", "set", "br0", "up")
-        for i, (name, addr) in enumerate(self.addresses.items()):
+        for name, addr in self.addresses.items():
             ns, dev, peer = self.ns[name], self.ifname[name], f"b{self.ifname[name][1:]}"
             _ip("netns", "add", ns)
             self._made.append(ns)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_STEPS, SharedRun
 from tests.e2e import REPO
 
 
@@ -34,12 +35,41 @@ def test_transport_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_memory_report_of_a_run(tiny_run: SharedRun, tmp_path: Path) -> None:
+    """bench memory's table from a real run's metrics (the shared tiny run; the bench starts its own
+    through the same launch helper)."""
+    from benchmarks.bench_memory import report
+
+    assert tiny_run.returncode == 0
+    report(tiny_run.run_dir, 2, 1, tmp_path, REPO / "configs" / "tiny_cpu.toml")
+    r = json.loads((tmp_path / "memory.json").read_text())
+    assert r["rows"][0]["peak_rss_mb"] > 0 and "growth_max" in r and r["steps"] == TINY_STEPS
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # its runs: the launch helper every end-to-end test uses; its report: the test above
 def test_memory_smoke(tmp_path: Path) -> None:
     r = bench("memory", tmp_path)
     assert r["rows"][0]["peak_rss_mb"] > 0 and "growth_max" in r
 
 
 @pytest.mark.slow
+def test_async_report_of_two_runs(sync_run: SharedRun, tiny_run: SharedRun, tmp_path: Path) -> None:
+    """bench async's table and curves from a synchronous and an asynchronous run (the shared
+    sync and tiny runs; the bench starts its own two through the same launch helper)."""
+    from benchmarks.bench_async import report
+    from benchmarks.run_control import read_run
+
+    assert sync_run.returncode == 0 and tiny_run.returncode == 0
+    report({"sync": read_run(sync_run.run_dir), "async": read_run(tiny_run.run_dir)}, tmp_path, "smoke")
+    r = json.loads((tmp_path / "async_vs_sync.json").read_text())
+    assert [row["mode"] for row in r["rows"]] == ["sync", "async"] and r["speedup"] > 0
+    assert all(row["samples_per_s"] > 0 and 0 < row["generator_busy"] <= 1.0 for row in r["rows"])
+    assert (tmp_path / "async_vs_sync.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # as test_memory_smoke: the report is tested above on two real runs
 def test_async_smoke(tmp_path: Path) -> None:
     r = bench("async", tmp_path, "--seconds", "3")
     assert [row["mode"] for row in r["rows"]] == ["sync", "async"]

@@ -6,45 +6,37 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_STEPS, SharedRun, data_overrides
 from tests.e2e import REPO, read_metrics, run_up
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def arith_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cli.data.arith import write_arith
-
-    out = tmp_path_factory.mktemp("data") / "arith"
-    write_arith(out, n_train=400, n_test=32, seed=0)
-    return out
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
-def _data_overrides(model: Path, data: Path) -> list[str]:
-    return [f"model.path={model}", f"data.train={data / 'train.parquet'}", f"data.test={data / 'test.parquet'}"]
-
-
-def test_tiny_cpu_learns(tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
+def test_tiny_cpu_learns(tiny_run: SharedRun) -> None:
     """The tiny config learns with a tensor-parallel generator: ``--set rollout.tensor_parallel_size=2``
     alone (the default placement gives its two vLLM workers one core each), every sync resharded
-    into both workers. (TP 1 learns in the algorithm, resume and multi-rank runs.)"""
-    run_dir = tmp_path / "run"
-    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir,
-                 _data_overrides(tiny_model_dir, arith_dir) + ["rollout.tensor_parallel_size=2"], max_steps=30)
-    assert res.returncode == 0, res.stdout[-6000:]
-    recs = read_metrics(run_dir)
-    steps = [r for r in recs if "reward_mean" in r]
-    assert [r["step"] for r in steps] == list(range(1, 31))
+    into both workers, while hostile messages hit every socket (tests/test_hostile.py counts them).
+    (TP 1 learns in the algorithm, resume and multi-rank runs.)"""
+    run_dir = tiny_run.run_dir
+    assert tiny_run.returncode == 0, tiny_run.stdout[-6000:]
+    steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    assert [r["step"] for r in steps] == list(range(1, TINY_STEPS + 1))
     # staleness bound held, and nothing had to be dropped for it
     assert max(r["staleness_max"] for r in steps) <= 2
     assert all(r["stale_dropped"] == 0 for r in steps)
     # samples generated after a sync carry the new version: the weights reached the generator
-    assert steps[-1]["sample_version_max"] >= 20
+    assert steps[-1]["sample_version_max"] >= TINY_STEPS - 6
     assert all(r["weight_sync_s"] > 0 for r in steps)
-    assert "as ranks 1..2 of 3" in res.stdout  # both TP workers joined the weight-sync group
-    first = sum(r["reward_mean"] for r in steps[:5]) / 5
-    last = sum(r["reward_mean"] for r in steps[-5:]) / 5
-    assert last > first + 0.2, f"toy reward did not rise: {first:.3f} -> {last:.3f}"
+    assert "as ranks 1..2 of 3" in tiny_run.stdout  # both TP workers joined the weight-sync group
+    first, last = _mean([r["reward_mean"] for r in steps[:5]]), _mean([r["reward_mean"] for r in steps[-5:]])
+    assert last > first + 0.3, f"toy reward did not rise: {first:.3f} -> {last:.3f}"
+    assert [r["step"] for r in read_metrics(run_dir) if "val_accuracy" in r] == [0, 10, 20]
+    # each process's resolved config, written by the launcher for inspection
+    assert all((run_dir / "resolved" / f"{name}.json").is_file() for name in ("learner", "rollout-0", "reward-0"))
     # the final checkpoint loads in transformers
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "final")
@@ -54,15 +46,22 @@ def test_on_policy_logprobs_match_with_two_learner_ranks(tiny_model_dir: Path, a
                                                          tmp_path: Path) -> None:
     """max_staleness=0: behaviour log-probs (vLLM, processed) vs the learner's recomputation, with
     ``learner.world_size = 2`` (the launcher starts torchrun, rank 0 leads, both ranks train, the
-    weights still reach the generator and the final export is written)."""
+    weights still reach the generator and the final export is written).
+
+    The same run takes the paths the algorithm configs do not: generator greedy baselines
+    (ReMax), dynamic sampling with re-dispatch, the overlong penalty, KL loss to a reference,
+    token masking (MIS) and the entropy bonus; none of them changes the behaviour policy."""
     run_dir = tmp_path / "run"
-    ovs = _data_overrides(tiny_model_dir, arith_dir) + [
-        "learner.max_staleness=0", "learner.val_every=0", "rollout.temperature=0.7", "learner.world_size=2"]
-    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir, ovs, max_steps=4)
+    ovs = data_overrides(tiny_model_dir, arith_dir) + [
+        "learner.max_staleness=0", "learner.val_every=0", "rollout.temperature=0.7", "learner.world_size=2",
+        "algorithm.advantage=remax", "algorithm.loss=reinforce", "algorithm.dynamic_sampling=true",
+        "algorithm.overlong_buffer=4", "algorithm.kl_loss_coef=0.01", "algorithm.correction=mis",
+        "algorithm.entropy_coef=0.001"]
+    res = run_up(REPO / "configs/tiny_cpu.toml", run_dir, ovs, max_steps=6, timeout_s=400)
     assert res.returncode == 0, res.stdout[-6000:]
     steps = [r for r in read_metrics(run_dir) if "reward_mean" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4] and "rss_mb_r1" in steps[-1]
-    assert steps[-1]["sample_version_max"] == 3 and all(r["grad_norm"] > 0 for r in steps)
+    assert [r["step"] for r in steps] == list(range(1, 7)) and "rss_mb_r1" in steps[-1]
+    assert steps[-1]["sample_version_max"] == 5 and all(r["grad_norm"] > 0 for r in steps)
     assert (run_dir / "checkpoints" / "final" / "config.json").is_file()
     assert all(r["staleness_max"] == 0 for r in steps)
     diffs = [r["logprob_abs_diff"] for r in steps]
@@ -70,3 +69,6 @@ def test_on_policy_logprobs_match_with_two_learner_ranks(tiny_model_dir: Path, a
     assert max(diffs) < 1e-3
     # on-policy: the importance ratios old/behaviour are 1 up to numerics
     assert all(abs(r["is_ratio_max"] - 1.0) < 1e-2 for r in steps)
+    # ReMax / DAPO options
+    assert all(r["samples"] == 4 * 8 for r in steps)  # baselines scored but never trained
+    assert all("kl_loss" in r and "overlong_penalty_mean" in r and "is_masked_frac" in r for r in steps)

@@ -9,6 +9,7 @@ Needs root (network namespaces). Without it the test skips saying why; under CI=
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import REPO, read_metrics
+from tests.e2e import REPO, SPEED, read_metrics
 from tests.netns import Hosts, NetnsUnavailable
 
 pytestmark = pytest.mark.slow
@@ -47,8 +48,8 @@ def _overrides(model: Path, data: Path, run_dir: Path, keys: Path) -> list[str]:
             "learner.world_size=2", "learner.nnodes=2", f"learner.rdzv_endpoint={l0}:29400",
             "learner.rendezvous_timeout_s=240", "learner.sync_timeout_s=240",
             f"transport.dispatch={l0}:5555", f"transport.trajectories={l0}:5556",
-            f'transport.rewards=["{ADDR["reward"]}:5560"]', f"transport.weight_sync={l0}:5570",
-            f"transport.curve_dir={keys}"]
+            f'transport.rewards=["{ADDR["reward"]}:5560"]', f"weight_sync.address={l0}:5570",
+            f"transport.curve_dir={keys}"] + SPEED
 
 
 def test_learner_ranks_generator_and_reward_on_four_hosts(hosts: Hosts, tiny_model_dir: Path,
@@ -73,7 +74,8 @@ def test_learner_ranks_generator_and_reward_on_four_hosts(hosts: Hosts, tiny_mod
         for name, argv in roles.items():
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": hosts.ifname[name]}
             procs[name] = subprocess.Popen(hosts.cmd(name, argv), cwd=REPO, env=env, start_new_session=True,
-                                           stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+                                           stdout=open(logs / f"{name}.log", "w"),  # noqa: SIM115 (child owns it)
+                                           stderr=subprocess.STDOUT)
         code = _wait(procs["learner0"], procs, timeout_s=900)
     finally:
         for p in procs.values():
@@ -121,7 +123,5 @@ def _stop(p: subprocess.Popen) -> None:
             os.killpg(p.pid, sig)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass

@@ -42,6 +42,7 @@ def test_scores_are_batch_independent(reward_model_dir: Path, tiny_model_dir: Pa
 
 def test_rejects_multi_label_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoConfig, LlamaForSequenceClassification
+
     from reward.model_scorer import ModelScorer
 
     cfg = AutoConfig.from_pretrained(tiny_model_dir)

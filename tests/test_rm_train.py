@@ -51,8 +51,9 @@ def test_test_accuracy_rises_well_above_chance(rm_run: Path) -> None:
 
 
 def test_export_scores_in_the_reward_worker(rm_run: Path, tiny_model_dir: Path) -> None:
-    from reward.model_scorer import ModelScorer
     from transformers import AutoTokenizer
+
+    from reward.model_scorer import ModelScorer
 
     scorer = ModelScorer(rm_run / "checkpoints" / "final", tiny_model_dir, batch_size=4)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,9 +1,9 @@
-"""``asyncrl sft``: response-only loss masks, a tiny model memorising a fixed set, checkpoints,
-bad input, and the export starting an RL run with real vLLM generators."""
+"""``asyncrl sft``: response-only loss masks, a tiny model memorising a fixed set, checkpoints and
+bad input. The export starting an RL run with real vLLM generators: test_hostile.py's CURVE run
+trains it (the SFT run is tests/conftest.py::sft_run)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,31 +12,13 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner.supervised.sft import encode_chat
-from tests.e2e import REPO, read_metrics, run_cli, run_up
-
-CONFIG = REPO / "configs" / "sft" / "tiny_sft.toml"
-PAIRS = [("Say hi.", "hi there"), ("Count.", "1 2 3 4"), ("Spell cat.", "c-a-t"), ("Color?", "blue"),
-         ("Say bye.", "bye now"), ("Add 2+2.", "2 + 2 = 4. #### 4"), ("Name?", "tiny"), ("Yes?", "yes")]
-
-
-def sft(tmp: Path, *sets: str, max_steps: int = 60) -> subprocess.CompletedProcess:
-    return run_cli("sft", CONFIG, tmp / "run", sets, max_steps)
+from tests.conftest import sft
+from tests.e2e import read_metrics
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
-
-
-@pytest.fixture(scope="module")
-def sft_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("sft")
-    data = _write(tmp / "train.parquet", [{"prompt": p, "response": r} for p, r in PAIRS] * 4)
-    res = sft(tmp, f"model.path={tiny_model_dir}", f"data.train={data}", f"data.test={data}", "train.epochs=100",
-              "train.batch_size=8", "train.checkpoint_every=20", "train.keep_checkpoints=2", "train.eval_every=30",
-              "train.max_tokens_per_microbatch=200", "train.lr=1e-2", max_steps=60)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return tmp / "run"
 
 
 def test_assistant_tokens_only_are_targets(tiny_model_dir: Path) -> None:
@@ -79,19 +61,6 @@ def test_tiny_model_memorises_a_fixed_set(sft_run: Path, tiny_model_dir: Path) -
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).startswith("c-a-t")
-
-
-@pytest.mark.slow
-def test_export_starts_an_rl_run(sft_run: Path, tmp_path: Path) -> None:
-    """The SFT export is the ``model`` of an RL config: vLLM generators serve it, the learner trains it."""
-    from cli.data.arith import write_arith
-
-    train, test = write_arith(tmp_path / "data", n_train=32, n_test=8)
-    res = run_up(REPO / "configs" / "tiny_cpu.toml", tmp_path / "rl",
-                 [f"model.path={sft_run / 'checkpoints' / 'final'}", f"data.train={train}", f"data.test={test}"],
-                 max_steps=2)
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert [r["step"] for r in read_metrics(tmp_path / "rl") if "reward_mean" in r] == [1, 2]
 
 
 @pytest.mark.parametrize("rows,message", [

@@ -33,6 +33,7 @@ def _cfg(model: Path, port: int, dtype: str = "float32", tp: int = 1, apply: str
 
 async def _greedy(engine, tag: str) -> list[tuple[list[int], list[float]]]:
     from vllm import SamplingParams
+
     from rollout.worker import sampled_logprobs
 
     params = SamplingParams(temperature=0.0, max_tokens=24, logprobs=0, ignore_eos=True)

@@ -8,12 +8,19 @@ import time
 import pytest
 import torch
 
-from asyncrl.weight_sync import (SyncGroup, WeightSyncTimeout, connect_store, plan_buckets, receive_state,
-                                 send_state, tensor_metas)
+from asyncrl.weight_sync import (
+    SyncGroup,
+    WeightSyncTimeout,
+    connect_store,
+    plan_buckets,
+    receive_state,
+    send_state,
+    tensor_metas,
+)
 from tests.conftest import free_port
 
 
-def _generator(port: int, rank: int, world: int, mode: str, q: "mp.Queue") -> None:
+def _generator(port: int, rank: int, world: int, mode: str, q: mp.Queue) -> None:
     q.put("ready")  # imports done: joining takes milliseconds from here
     try:
         g = SyncGroup("127.0.0.1", port, rank, world, timeout_s=30.0)
@@ -81,7 +88,7 @@ def test_generator_without_learner_fails_in_time() -> None:
     assert time.monotonic() - t0 < 30
 
 
-def _member(port: int, epochs: list[tuple[int, int, int]], q: "mp.Queue") -> None:
+def _member(port: int, epochs: list[tuple[int, int, int]], q: mp.Queue) -> None:
     """Join each (epoch, rank, world) group in turn; receive broadcasts in it until one fails."""
     store = connect_store("127.0.0.1", port, is_master=False, timeout_s=30.0, who="generator")
     q.put("ready")
