@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -88,10 +89,13 @@ def test_generator_without_learner_fails_in_time() -> None:
     assert time.monotonic() - t0 < 30
 
 
-def _member(port: int, epochs: list[tuple[int, int, int]], q: mp.Queue) -> None:
-    """Join each (epoch, rank, world) group in turn; receive broadcasts in it until one fails."""
+def _member(port: int, epochs: list[tuple[int, int, int]], q: mp.Queue, go: Any = None) -> None:
+    """Join each (epoch, rank, world) group in turn (after ``go`` is set, if given); receive
+    broadcasts in it until one fails."""
     store = connect_store("127.0.0.1", port, is_master=False, timeout_s=30.0, who="generator")
     q.put("ready")
+    if go is not None:
+        go.wait(120)
     for epoch, rank, world in epochs:
         try:
             g = SyncGroup("127.0.0.1", port, rank, world, timeout_s=30.0, epoch=epoch, store=store)
@@ -110,11 +114,13 @@ def test_group_is_reformed_after_a_member_dies_and_survivors_stop_waiting_at_onc
     port = free_port()
     store = connect_store("127.0.0.1", port, is_master=True, timeout_s=30.0, who="learner")
     ctx = mp.get_context("spawn")
-    q_a, q_b, q_c = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    q_a, q_b, q_c, go = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
     a = ctx.Process(target=_member, args=(port, [(0, 1, 3), (1, 1, 3)], q_a), daemon=True)
     b = ctx.Process(target=_member, args=(port, [(0, 2, 3)], q_b), daemon=True)
-    a.start(), b.start()
-    assert q_a.get(timeout=120) == "ready" and q_b.get(timeout=120) == "ready"
+    # the generator that replaces b: its process (and imports) start now, it joins once b is gone
+    c = ctx.Process(target=_member, args=(port, [(1, 2, 3)], q_c, go), daemon=True)
+    a.start(), b.start(), c.start()
+    assert q_a.get(timeout=120) == "ready" and q_b.get(timeout=120) == "ready" and q_c.get(timeout=120) == "ready"
     g0 = SyncGroup("127.0.0.1", port, 0, 3, timeout_s=30.0, epoch=0, store=store)
     g0.broadcast(torch.full((1 << 20,), 1.0))
     assert q_a.get(timeout=30) == (0, "ok", 1.0) and q_b.get(timeout=30) == (0, "ok", 1.0)
@@ -130,9 +136,7 @@ def test_group_is_reformed_after_a_member_dies_and_survivors_stop_waiting_at_onc
         got = q_a.get(timeout=30)
     assert got[0] == 0 and got[1] == "error"  # gloo's own error or the abandoned group, not a hang
     assert time.monotonic() - t0 < 10  # not the 30 s timeout
-    c = ctx.Process(target=_member, args=(port, [(1, 2, 3)], q_c), daemon=True)  # the restarted generator
-    c.start()
-    assert q_c.get(timeout=120) == "ready"
+    go.set()  # the restarted generator joins the next epoch
     g1 = SyncGroup("127.0.0.1", port, 0, 3, timeout_s=30.0, epoch=1, store=store, join_timeout_s=30.0)
     g1.broadcast(torch.full((1 << 20,), 3.0))
     assert q_a.get(timeout=30) == (1, "ok", 3.0) and q_c.get(timeout=30) == (1, "ok", 3.0)
