@@ -166,19 +166,22 @@ class Up:
             code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.interrupt()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=60)
-            finally:
-                self.kill()
+            self.kill()
             raise AssertionError(f"asyncrl up timed out after {timeout_s:.0f}s:\n{self.output[-5000:]}") from None
         self._reader.join(timeout=30)  # the last lines (the children's exit messages)
         return code
 
     def kill(self) -> None:
-        """SIGKILL the launcher and every process below it (each child leads a session of its own)."""
-        kill_tree(self.pid)
+        """SIGKILL what this run started and is still there: while the launcher runs, it and every
+        process below it; once it has ended, any child it left behind (each leads its own group)."""
         if self.proc.poll() is None:
+            kill_tree(self.pid)
             self.proc.wait()
+        for pid in self.pids.values():
+            if _our_child(pid):
+                _signal_group(pid, signal.SIGKILL)
 
     def close(self) -> None:
         self.kill()
@@ -229,6 +232,15 @@ def descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+def _our_child(pid: int) -> bool:
+    """Still a process of a run (``python -m cli.main ROLE``, leading its own group), not a reused pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return os.getpgid(pid) == pid and b"cli.main" in cmdline
+    except (OSError, ProcessLookupError):
+        return False
 
 
 def kill_tree(pid: int) -> None:
