@@ -8,12 +8,15 @@ token (left-aligned), ``T`` = longest response. :func:`response_view` reads the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor
 
+from asyncrl.transport.items import ScoredGroup, behaviour_grid
 from learner.batch import TrainBatch
 
 
@@ -33,32 +36,24 @@ class Rollouts:
         return self.mask.sum(-1)
 
     @classmethod
-    def from_groups(cls, groups: list[pa.RecordBatch], learner_version: int) -> Rollouts:
-        prompts, responses, behaviour, scores, index, stale, baselines = [], [], [], [], [], [], []
-        for g_idx, g in enumerate(groups):
-            rows = g.to_pylist()
-            base = [r for r in rows if r["is_baseline"]]
-            for r in rows:
-                if r["is_baseline"]:
-                    continue
-                prompts.append(r["prompt_token_ids"])
-                responses.append(r["response_token_ids"])
-                behaviour.append(r["behaviour_logprobs"])
-                scores.append(float(r["reward"] or 0.0))
-                index.append(g_idx)
-                stale.append(learner_version - r["policy_version"])
-                baselines.append(float(base[0]["reward"] or 0.0) if base else None)
-        T = max(1, max(len(r) for r in responses))
-        beh = torch.zeros(len(responses), T)
-        mask = torch.zeros(len(responses), T)
-        for i, lp in enumerate(behaviour):
-            beh[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
-            mask[i, :len(lp)] = 1.0
-        has_base = all(b is not None for b in baselines)
-        return cls(prompts, responses, beh, mask, torch.tensor(scores), torch.tensor(index),
-                   torch.tensor(stale, dtype=torch.float32),
-                   torch.tensor(baselines) if has_base else None)
-
+    def from_groups(cls, groups: Sequence[pa.RecordBatch | ScoredGroup], learner_version: int) -> Rollouts:
+        """The trained samples of ``groups`` in order (greedy baseline rows become ``baselines``);
+        behaviour log-probs go from Arrow buffers to the ``[N, T]`` grid without Python lists."""
+        views = [g if isinstance(g, ScoredGroup) else ScoredGroup(g, validate=False) for g in groups]
+        beh, mask = behaviour_grid(views)
+        counts = [v.num_samples for v in views]
+        repeat = torch.tensor(counts)
+        prompts = [ids for v in views for ids in v.prompt_token_ids()]
+        responses = [ids for v in views for ids in v.response_token_ids()]
+        scores = torch.from_numpy(np.concatenate([v.rewards for v in views]).astype(np.float32))
+        index = torch.repeat_interleave(torch.arange(len(views)), repeat)
+        versions = torch.tensor([v.policy_version for v in views], dtype=torch.float32)
+        stale = torch.repeat_interleave(learner_version - versions, repeat)
+        base = [v.baseline_reward for v in views]
+        baselines = None
+        if all(b is not None for b in base):
+            baselines = torch.repeat_interleave(torch.tensor([float(b or 0.0) for b in base]), repeat)
+        return cls(prompts, responses, beh, mask, scores, index, stale, baselines)
 
 def response_view(grid: Tensor, tb: TrainBatch, T: int) -> Tensor:
     """``[R, L-1]`` next-token grid (padded or packed) → ``[n, T]`` left-aligned response
