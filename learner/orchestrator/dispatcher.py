@@ -114,7 +114,7 @@ class Dispatcher:
         return max(0, (version + self.s + 1) * self.B + self.discarded - self.dispatched_train)
 
     def discard(self, groups: int) -> None:
-        """Groups that arrived but will never be trained (dynamic sampling) free their slots."""
+        """Groups that arrived but will never be trained (dynamic sampling, stale drop) free their slots."""
         self.discarded += groups
 
     def take(self, gen: bytes) -> list[PromptItem]:

@@ -109,6 +109,7 @@ class Orchestrator:
                 groups, stale = split_stale(groups, self.version, self.cfg.learner.max_staleness)
                 with st.cond:
                     self.counters.stale_dropped += len(stale)
+                    st.dispatcher.discard(len(stale))  # like DAPO's: a replacement must be admissible
                     st.dispatcher.settle([g.group_id for g in stale])
             if a.dynamic_sampling and groups:
                 groups, flat = split_by_signal(groups)
