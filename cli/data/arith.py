@@ -98,8 +98,9 @@ def solution(a: int, op: str, b: int, answer: int | None = None) -> str:
     return f"{a} {op} {b} = {result}. #### {result}"
 
 
-def write_arith_supervised(out: Path, kind: str, *, template: str = DEFAULT_TEMPLATE,
-                           system_prompt: str | None = None, **draw: int | str) -> tuple[Path, Path]:
+def write_arith_supervised(out: Path, kind: str, *, n_train: int = 2000, n_test: int = 200, min_value: int = 0,
+                           max_value: int = 20, ops: str = "+", seed: int = 0, template: str = DEFAULT_TEMPLATE,
+                           system_prompt: str | None = None) -> tuple[Path, Path]:
     """SFT (``prompt``, ``response``) or preference (``prompt``, ``chosen``, ``rejected``: the
     right answer vs one off by 1..3) parquet files for the same problems as :func:`write_arith`."""
     import pyarrow as pa
@@ -107,8 +108,9 @@ def write_arith_supervised(out: Path, kind: str, *, template: str = DEFAULT_TEMP
 
     if kind not in ("sft", "preference"):
         raise ValueError(f"kind={kind!r}: expected 'sft' or 'preference'")
-    problems = draw_problems(**draw)  # type: ignore[arg-type]
-    rng = random.Random(int(draw.get("seed", 0)) + 1)
+    problems = draw_problems(n_train=n_train, n_test=n_test, min_value=min_value, max_value=max_value,
+                             ops=ops, seed=seed)
+    rng = random.Random(seed + 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
