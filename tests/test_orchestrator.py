@@ -356,10 +356,11 @@ def test_dynamic_sampling_filters_flat_groups_and_refills(tmp_path: Path) -> Non
 
 
 def test_too_stale_groups_are_dropped(tmp_path: Path) -> None:
-    """A generator stamps two groups with a version two behind the weights it serves: at
-    max_staleness 1 they are too stale and dropped (stale_policy = drop), never trained."""
-    cfg = _cfg(tmp_path, generators=2, learner={"max_staleness": 1})
-    with Pipeline(cfg, gens={1: {"stale_lies": 2}}) as p:
+    """The generator stamps two groups with a version two behind the weights it serves: at
+    max_staleness 1 they are too stale and dropped (stale_policy = drop), never trained, and their
+    admission slots go to replacements. One generator, so the lying one is sure to serve them."""
+    cfg = _cfg(tmp_path, generators=1, learner={"max_staleness": 1})
+    with Pipeline(cfg, gens={0: {"stale_lies": 2}}) as p:
         recs = p.steps(6)
     assert recs[-1]["stale_dropped"] == 2
     assert all(r["staleness_max"] <= 1 for r in recs)
@@ -374,8 +375,10 @@ def test_sync_failure_is_retried_and_counted(tmp_path: Path) -> None:
 
 def test_checkpoint_state_restores_counters_and_outstanding_prompts(tmp_path: Path) -> None:
     """Resume: counters continue, prompts outstanding at the checkpoint are trained in the resumed
-    run, and the 12 prompts (one epoch) are each trained exactly once across both runs."""
-    with Pipeline(_cfg(tmp_path), gens={0: {"duplicate": True}}) as p:
+    run, and the 12 prompts (one epoch) are each trained exactly once across both runs. The first
+    run has one generator, which sends every group twice: each duplicate reaches the orchestrator
+    right behind its original, so some are counted before the checkpoint whatever the timing."""
+    with Pipeline(_cfg(tmp_path, generators=1), gens={0: {"duplicate": True}}) as p:
         before = _trained(p.steps(3))
         state = json.loads(json.dumps({"step": 3, **p.orch.state()}))  # what state.json holds
     assert state["version"] == 3 and {"stale_dropped", "groups_filtered", "counters", "dispatcher"} <= set(state)

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncrl.transport.base import (
     AsyncClient,
@@ -29,8 +29,11 @@ from asyncrl.transport.base import (
     TransportError,
     is_loopback,
 )
-from asyncrl.transport.zmq import ZmqTransport, make_socket, start_authenticator, tcp
 
+if TYPE_CHECKING:
+    from asyncrl.transport.zmq import ZmqTransport, make_socket, start_authenticator, tcp
+
+_ZMQ_NAMES = ("ZmqTransport", "make_socket", "start_authenticator", "tcp")
 BACKENDS = ("zmq", "inproc")
 
 __all__ = ["AsyncClient", "AsyncSender", "BACKENDS", "Client", "DropCounter", "Endpoint", "Receiver", "Sender",
@@ -38,11 +41,24 @@ __all__ = ["AsyncClient", "AsyncSender", "BACKENDS", "Client", "DropCounter", "E
            "start_authenticator", "tcp"]
 
 
+def __getattr__(attr: str) -> Any:
+    """The ZeroMQ names load pyzmq on first use: code that only needs the typed items or the
+    in-process backend (the learner's maths, ``make gpu-check`` on machines without pyzmq) never
+    imports it."""
+    if attr in _ZMQ_NAMES:
+        from asyncrl.transport import zmq as backend
+
+        return getattr(backend, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
 def make_transport(cfg: Any, backend: str | None = None) -> Transport:
     """The backend for a ``[transport]`` section (``cfg.transport``): ``backend`` (or the section's
     ``backend`` key, if it has one) ``"zmq"`` (default) or ``"inproc"`` (one process, tests)."""
     name = backend or getattr(cfg, "backend", None) or "zmq"
     if name == "zmq":
+        from asyncrl.transport.zmq import ZmqTransport
+
         return ZmqTransport(max_message_mb=cfg.max_message_mb, curve_dir=cfg.curve_dir, bind_host=cfg.bind_host)
     if name == "inproc":
         from asyncrl.transport.inproc import InprocTransport
