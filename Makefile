@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 # ruff (rules in pyproject.toml [tool.ruff]) on code and tests; mypy on the packages listed in
 # [tool.mypy] (tests are not type-checked). Both pinned in the dev extra.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check asyncrl rollout learner reward cli benchmarks tests
+	$(VENV)/bin/ruff check asyncrl rollout learner reward envs sandbox cli benchmarks tests
 	$(VENV)/bin/mypy
 
 test: $(STAMP)
