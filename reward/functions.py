@@ -10,17 +10,12 @@ picks a function from a row's ``data_source`` as veRL does.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import re
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from asyncrl.plugins import PluginKind, load_plugin
 from reward.math_reward import math_score
 
 RewardFn = Callable[[str, str, str, dict[str, Any]], float]
@@ -126,70 +121,20 @@ def default_reward_name(data_source: str) -> str:
         ) from None
 
 
+_KIND = PluginKind("reward function", "function", "function", inspect.isfunction, UnknownRewardError)
+
+
 def get_reward_fn(name: str) -> RewardFn:
     """A registered function by name, or a user function ``"module:function"`` or ``"file.py:function"``.
 
     Raises :class:`UnknownRewardError` naming the module or file and the function when it
-    cannot be loaded, is not callable, or cannot take ``(data_source, response,
-    ground_truth, extra_info)`` positionally.
+    cannot be loaded (:mod:`asyncrl.plugins`), is not callable, or cannot take
+    ``(data_source, response, ground_truth, extra_info)`` positionally.
     """
-    if name in REWARD_FUNCTIONS:
-        return REWARD_FUNCTIONS[name]
-    known = ", ".join(sorted(REWARD_FUNCTIONS))
-    source, _, attr = name.rpartition(":")
-    if not source or not attr:
-        raise UnknownRewardError(
-            f"unknown reward function {name!r}; known: {known}, or 'package.module:function' "
-            f"or 'path/to/file.py:function'"
-        )
-    if _is_path(source):
-        module, where = _load_file(source, name), f"file {source}"
-    else:
-        try:
-            module = importlib.import_module(source)
-        except Exception as exc:  # ImportError, or whatever the module raises on import
-            raise UnknownRewardError(f"cannot load reward function {name!r}: {type(exc).__name__}: {exc}") from exc
-        where = f"module {source}"
-    fn = getattr(module, attr, None)
-    if fn is None:
-        defined = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
-        raise UnknownRewardError(
-            f"reward function {name!r}: {where} has no function {attr!r} "
-            f"(functions there: {', '.join(defined) or 'none'})"
-        )
-    _check_signature(fn, name)
+    fn = load_plugin(name, REWARD_FUNCTIONS, _KIND)
+    if name not in REWARD_FUNCTIONS:
+        _check_signature(fn, name)
     return fn
-
-
-def _is_path(source: str) -> bool:
-    return source.endswith(".py") or "/" in source or "\\" in source or source.startswith("~")
-
-
-_FILE_MODULES: dict[Path, ModuleType] = {}
-
-
-def _load_file(source: str, name: str) -> ModuleType:
-    """Import a reward file by path (relative paths from the working directory), once per process."""
-    path = Path(source).expanduser().resolve()
-    if path in _FILE_MODULES:
-        return _FILE_MODULES[path]
-    if not path.is_file():
-        raise UnknownRewardError(f"reward function {name!r}: file not found: {path}")
-    module_name = f"asyncrl_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UnknownRewardError(f"reward function {name!r}: cannot import {path} as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a syntax error or anything the file raises on import
-        del sys.modules[module_name]
-        raise UnknownRewardError(
-            f"reward function {name!r}: importing {path} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    _FILE_MODULES[path] = module
-    return module
 
 
 def _check_signature(fn: Any, name: str) -> None:
