@@ -33,8 +33,9 @@ class PluginKind:
 
     ``label`` ("reward function") starts every message; ``placeholder`` is the attribute in the
     usage hint (``'package.module:function'``); ``noun`` names what a module lacks ("has no function
-    'x'"); ``defines`` picks the module attributes listed as "functions there"; ``error`` is the
-    exception type raised (a caller's own, so its users can catch it).
+    'x'"); ``defines`` picks the module attributes listed as "functions there" (with ``local_only``,
+    only those the module itself defines, not what it imported); ``error`` is the exception type
+    raised (a caller's own, so its users can catch it).
     """
 
     label: str
@@ -42,6 +43,7 @@ class PluginKind:
     noun: str
     defines: Callable[[Any], bool]
     error: type[Exception]
+    local_only: bool = False
 
 
 def is_path(source: str) -> bool:
@@ -66,7 +68,8 @@ def load_plugin(spec: str, registry: Mapping[str, T], kind: PluginKind) -> Any:
     module, where = load_module(source, spec, kind)
     value = getattr(module, attr, None)
     if value is None:
-        defined = sorted(k for k, v in vars(module).items() if kind.defines(v) and not k.startswith("_"))
+        defined = sorted(k for k, v in vars(module).items() if kind.defines(v) and not k.startswith("_")
+                         and (not kind.local_only or getattr(v, "__module__", None) == module.__name__))
         raise kind.error(
             f"{kind.label} {spec!r}: {where} has no {kind.noun} {attr!r} "
             f"({kind.noun}{'es' if kind.noun.endswith('s') else 's'} there: {', '.join(defined) or 'none'})"

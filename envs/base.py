@@ -65,7 +65,17 @@ class EpisodeStart:
 
 @dataclass
 class StepResult:
-    """The environment's answer to one model turn."""
+    """The environment's answer to one model turn.
+
+    ``info`` is free-form, but :class:`envs.tool_env.ToolEnvironment` (and the rollout loop, which
+    records it in the trajectory for dumps and metrics) uses these keys:
+
+    ``calls``   one dict per call the parser found or failed to read, in order:
+                ``{"name": str | None, "arguments": dict | None, "ok": bool, "seconds": float,
+                "error": str | None}`` (``name``/``arguments`` None for an unreadable call;
+                ``error`` the text the model read when ``ok`` is False);
+    ``tool_s``  the seconds spent running tools in this turn (the sum of ``seconds``).
+    """
 
     messages: list[dict[str, Any]]  # observation: {"role": "tool", "name", "content"} or {"role": "user", ...}
     done: bool

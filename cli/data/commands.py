@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from cli.data.filter import LengthFilter
+    from collections.abc import Callable
+
+    from cli.data.filter import LengthFilter, SplitResult
 
 app = typer.Typer(help="Prepare datasets (veRL parquet schema).", no_args_is_help=True, add_completion=False)
 
@@ -82,6 +84,64 @@ def arith(
         _report(paths, length_filter)
     except (ValueError, OSError) as exc:
         _fail("arith", exc)
+
+
+@app.command("arith-tools")
+def arith_tools(
+    out: Path | None = typer.Option(None, "--out", help=OUT_HELP + " RL prompts for the arith_tools environment."),
+    sft_out: Path | None = typer.Option(None, "--sft-out", help="Directory for SFT warm-start transcripts "
+                                        "(messages format: calculator call, tool result, '#### n')."),
+    n_train: int = typer.Option(2000, "--train", help="Training problems."),
+    n_test: int = typer.Option(200, "--test", help="Test problems (never a training pair)."),
+    seed: int = typer.Option(0, help="Seed of the draw; --out and --sft-out with one seed hold the same pairs."),
+    parser: str = typer.Option("hermes", help="Tool-call format of the SFT transcripts (hermes, llama3)."),
+) -> None:
+    """Products of 3-4 digit numbers, where the calculator tool genuinely helps."""
+    from cli.data.arith_tools import write_arith_tools, write_arith_tools_sft
+
+    try:
+        if out is None and sft_out is None:
+            raise ValueError("give --out (RL prompts), --sft-out (SFT transcripts) or both")
+        if out is not None:
+            _report(write_arith_tools(out, n_train=n_train, n_test=n_test, seed=seed))
+        if sft_out is not None:
+            _report(write_arith_tools_sft(sft_out, n_train=n_train, n_test=n_test, seed=seed, parser_name=parser))
+    except (ValueError, OSError) as exc:
+        _fail("arith-tools", exc)
+
+
+@app.command()
+def code(
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    source: str | None = typer.Option(None, "--source", help=SOURCE_HELP + " Rows: problem, tests "
+                                      "({inputs: [...], outputs: [...]})."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Write the small built-in set of easy problems."),
+    limit: int | None = typer.Option(None, help=LIMIT_HELP),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    test_fraction: float = typer.Option(0.25, help=FRACTION_HELP),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """Programming problems with stdin/stdout test cases for the code environment."""
+    from cli.data.code import convert_code
+
+    _convert_and_describe("code", max_prompt_tokens, tokenizer, lambda length_filter: convert_code(
+        source, out, synthetic=synthetic, limit=limit, seed=seed, test_fraction=test_fraction,
+        length_filter=length_filter))
+
+
+def _convert_and_describe(command: str, max_prompt_tokens: int | None, tokenizer: Path | None,
+                          convert: Callable[[LengthFilter | None], list[SplitResult]]) -> None:
+    """Run a converter with the length filter the options ask for; print one line per split written."""
+    from cli.data.filter import make_filter
+
+    try:
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        results = convert(length_filter)
+    except (ValueError, OSError) as exc:
+        _fail(command, exc)
+    for result in results:
+        typer.echo(result.describe(length_filter))
 
 
 @app.command()
