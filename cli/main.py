@@ -20,9 +20,11 @@ try:  # sub-apps (data preparation, model tools, cluster deployment)
     from cli.data import commands as _data
     from cli.deploy import commands as _deploy
     from cli.model import commands as _model
+    from cli.sandbox import app as _sandbox_app
     app.add_typer(_data.app, name="data", help="Prepare datasets (veRL parquet schema).")
     app.add_typer(_model.app, name="model", help="Create or import model directories.")
     app.add_typer(_deploy.app, name="deploy", help="Render a run for Slurm (sbatch script) or Kubernetes.")
+    app.add_typer(_sandbox_app, name="sandbox", help="Run untrusted Python the way code rewards do.")
 except ImportError:  # pragma: no cover - only while a sub-app is missing
     pass
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncrl.plugins import PluginKind, load_plugin
+from reward.code_reward import code
 from reward.math_reward import math_score
 
 RewardFn = Callable[[str, str, str, dict[str, Any]], float]
@@ -98,15 +99,18 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "math": math_score,
     "arith": arith,
     "toy_digits": toy_digits,
+    "code": code,
 }
 
 # veRL's verl/utils/reward_score/__init__.py::default_compute_score routes these the same way.
 MATH_DATA_SOURCES = ("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math")
+CODE_DATA_SOURCES = ("code", "codecontests", "deepmind/code_contests", "apps", "codeforces", "taco")
 DEFAULT_BY_DATA_SOURCE = {
     "openai/gsm8k": "gsm8k",
     "gsm8k": "gsm8k",
     "arith": "arith",
     **{source: "math" for source in MATH_DATA_SOURCES},
+    **{source: "code" for source in CODE_DATA_SOURCES},
 }
 
 

@@ -73,7 +73,7 @@ def test_registry_and_defaults() -> None:
     assert get_reward_fn("gsm8k") is gsm8k
     assert default_reward_name("openai/gsm8k") == default_reward_name("gsm8k") == "gsm8k"
     assert default_reward_name("arith") == "arith"
-    with pytest.raises(KeyError, match="unknown reward function 'nope'; known: arith, gsm8k, math, toy_digits"):
+    with pytest.raises(KeyError, match="unknown reward function 'nope'; known: arith, code, gsm8k, math, toy_digits"):
         get_reward_fn("nope")
     with pytest.raises(UnknownRewardError, match="data_source 'mystery'"):
         default_reward_name("mystery")
