@@ -29,6 +29,8 @@ any role name, so there they stay ``<|im_start|>tool``.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,38 +55,49 @@ class _Facts:
     uses_tools: bool  # the template renders tools=
     tool_role: bool  # the template renders {"role": "tool"} messages
     close: list[int]  # tokens after an assistant message's content
+    dummy: list[int]  # the dummy conversation, rendered without a generation prompt
 
 
-_FACTS: dict[tuple[int, str | None], _Facts] = {}
+# Per tokenizer object (weakly: a freed tokenizer's id may be reused) and chat template.
+_FACTS: weakref.WeakKeyDictionary[Any, tuple[str | None, _Facts]] = weakref.WeakKeyDictionary()
+# Episode steps run in worker threads, and a fast tokenizer is not safe to encode with from two
+# threads at once ("Already borrowed"); renders take milliseconds, so one lock is enough.
+_LOCK = threading.RLock()
 
 
 def _ids(tokenizer: Any, messages: Messages, generation_prompt: bool, tools: list[dict] | None = None) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=generation_prompt,
-                                        tokenize=True, return_dict=False)
+    with _LOCK:
+        ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=generation_prompt,
+                                            tokenize=True, return_dict=False)
     return [int(i) for i in ids]
 
 
 def _text(tokenizer: Any, messages: Messages, tools: list[dict] | None = None) -> str:
-    return str(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False))
+    with _LOCK:
+        return str(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False))
 
 
 def _facts(tokenizer: Any) -> _Facts:
-    key = (id(tokenizer), getattr(tokenizer, "chat_template", None))
-    if key not in _FACTS:
-        uses_tools = _text(tokenizer, [_USER]) != _text(tokenizer, [_USER], [_PROBE_TOOL.schema()])
-        try:
-            tool_text = _text(tokenizer, _DUMMY + [{"role": "tool", "name": "probe", "content": _PROBE_RESULT}])
-            tool_role = _PROBE_RESULT in tool_text
-        except Exception:  # jinja2 TemplateError from raise_exception("...roles...")
-            tool_role = False
-        _FACTS[key] = _Facts(uses_tools, tool_role, _close_tokens(tokenizer))
-    return _FACTS[key]
+    template = getattr(tokenizer, "chat_template", None)
+    cached = _FACTS.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    uses_tools = _text(tokenizer, [_USER]) != _text(tokenizer, [_USER], [_PROBE_TOOL.schema()])
+    try:
+        tool_text = _text(tokenizer, _DUMMY + [{"role": "tool", "name": "probe", "content": _PROBE_RESULT}])
+        tool_role = _PROBE_RESULT in tool_text
+    except Exception:  # jinja2 TemplateError from raise_exception("...roles...")
+        tool_role = False
+    facts = _Facts(uses_tools, tool_role, _close_tokens(tokenizer), _ids(tokenizer, _DUMMY, False))
+    _FACTS[tokenizer] = (template, facts)
+    return facts
 
 
 def _close_tokens(tokenizer: Any) -> list[int]:
     opened = _ids(tokenizer, [_USER], True)
     whole = _ids(tokenizer, _DUMMY, False)
-    content = [int(i) for i in tokenizer.encode(_DUMMY[1]["content"], add_special_tokens=False)]
+    with _LOCK:
+        content = [int(i) for i in tokenizer.encode(_DUMMY[1]["content"], add_special_tokens=False)]
     if whole[:len(opened)] != opened or whole[len(opened):len(opened) + len(content)] != content:
         raise RenderError("the chat template does not render an assistant turn as generation prompt + reply tokens "
                           "(it rewrites the reply or the generation prompt), so generated tokens cannot be "
@@ -153,7 +166,7 @@ def render_observation(tokenizer: Any, messages: Messages) -> list[int]:
     to append after the model's closed turn (:func:`turn_close`)."""
     if not messages:
         raise ValueError("render_observation needs at least one message")
-    prefix = _ids(tokenizer, _DUMMY, False)
+    prefix = _facts(tokenizer).dummy
     full = _ids(tokenizer, _DUMMY + observation_messages(tokenizer, messages), True)
     if full[:len(prefix)] != prefix:
         raise RenderError("the chat template renders a conversation differently once messages follow the "

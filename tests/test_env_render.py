@@ -131,7 +131,10 @@ def test_template_without_tool_role_gets_tool_results_as_one_user_message() -> N
         {"role": "user", "content": "Tool result (calculator): 1\n\nTool result (python): 2"}]
     assert tok.decode(render_observation(tok, messages)) == (
         "<|im_start|>user\nTool result (calculator): 1\n\nTool result (python): 2<|im_end|>\n<|im_start|>assistant\n")
-    assert observation_messages(_tokenizer(), messages) == messages  # ChatML renders any role
+    chatml = _tokenizer()
+    assert observation_messages(chatml, messages) == messages  # ChatML renders any role
+    chatml.chat_template = NO_TOOL_ROLE_TEMPLATE  # what is known of a template is recomputed when it changes
+    assert observation_messages(chatml, messages) == observation_messages(tok, messages) != messages
 
 
 def test_templates_that_rewrite_earlier_turns_are_refused() -> None:

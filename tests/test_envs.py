@@ -229,3 +229,18 @@ def test_registry_errors_for_unknown_names_files_and_modules(tmp_path: Path) -> 
     with pytest.raises(EnvironmentLoadError, match="cannot load environment 'no_such_pkg.envs:Env': "
                                                    "ModuleNotFoundError"):
         load_environment("no_such_pkg.envs:Env")
+
+
+def test_the_user_environment_in_the_docs_loads_and_plays(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "environments.md").read_text()
+    code = next(block for block in doc.split("```python\n")[1:] if block.startswith("# my_env.py"))
+    (tmp_path / "my_env.py").write_text(code.split("```")[0])
+    square = load_environment(f"{tmp_path}/my_env.py:Square")()
+    square.reset(EpisodeStart(0, "squares", "144", [{"role": "user", "content": "What is 12 squared?"}]))
+    assert square.step("", [ToolCall("square", {"n": 12})], []).messages[0]["content"] == "144"
+    assert square.step("It is 144.", [], []).done and square.final_reward() == 1.0
+    guess = load_environment(f"{tmp_path}/my_env.py:Guess")()
+    guess.reset(EpisodeStart(1, "guess", "42"))
+    assert [guess.step(r, [], []).messages for r in ("50", "I say 10")] == [
+        [{"role": "user", "content": "Lower."}], [{"role": "user", "content": "Higher."}]]
+    assert guess.step("42", [], []).done and guess.final_reward() == 1.0
