@@ -6,9 +6,11 @@
                  reply, or else its last number; 0.1 (format credit, as the ``arith`` reward gives) for a
                  ``#### n`` that is wrong; 0.0 otherwise.
 ``code``         The model writes a stdin/stdout program (``asyncrl data code``); it may try code with
-                 the ``python`` tool first. Final reward: the fraction of the row's test cases (ground
-                 truth: tests JSON, :func:`sandbox.parse_tests`) that the last ```python block of the
-                 final reply passes under :func:`sandbox.run_tests`; 0.0 without such a block.
+                 the ``python`` tool first. Final reward: the ``code`` reward function
+                 (:mod:`reward.code_reward`) of the final reply, so an episode scores as a single-turn
+                 sample would: the fraction of the row's test cases (ground truth: tests JSON) that the
+                 last ```python block of the reply (else the whole reply) passes in the sandbox (with
+                 more time: 5 s per case, 20 s in all, against the reward worker's 2 s and 3.5 s).
 
 Both end the episode on the first reply without tool calls (:class:`envs.tool_env.ToolEnvironment`).
 """
@@ -24,7 +26,6 @@ from envs.tools import calculator_tool, python_tool
 from reward.functions import ARITH_ANSWER_RE, ARITH_WRONG_ANSWER
 
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_CODE_BLOCK_RE = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
 def _same(answer: str, ground_truth: str) -> bool:
@@ -43,12 +44,6 @@ def arith_tools_score(reply: str, ground_truth: str) -> float:
     return 1.0 if numbers and _same(numbers[-1], ground_truth) else 0.0
 
 
-def last_python_block(reply: str) -> str | None:
-    """The body of the last fenced code block (```python, ```py or bare ```) in ``reply``."""
-    blocks = _CODE_BLOCK_RE.findall(reply)
-    return blocks[-1] if blocks else None
-
-
 class ArithToolsEnv(ToolEnvironment):
     """Multiply with a calculator; reward from the final reply."""
 
@@ -62,14 +57,13 @@ class CodeEnv(ToolEnvironment):
     """Write a program that passes the row's tests; the python tool runs drafts."""
 
     tools: ClassVar[list[Tool]] = [python_tool()]
-    timeout_s: ClassVar[float] = 10.0  # per test case
+    # The reward worker's code reward must finish under reward.timeout_s (5 s); here the final reward runs
+    # in a tool thread under environment.max_tool_time_s (60 s), so a slow machine gets more room.
+    case_timeout_s: ClassVar[float] = 5.0
+    budget_s: ClassVar[float] = 20.0
 
     def final_reward(self) -> float:
-        from sandbox import Limits, parse_tests, run_tests
+        from reward.code_reward import code  # imports the sandbox
 
-        code = last_python_block(self.replies[-1]) if self.replies else None
-        if code is None:
-            return 0.0
-        report = run_tests(code, parse_tests(self.start.ground_truth),
-                           Limits(timeout_s=self.timeout_s, cpu_s=self.timeout_s))
-        return float(report.fraction)
+        return code(self.start.data_source, self.replies[-1] if self.replies else "", self.start.ground_truth,
+                    {"code_budget_s": self.budget_s, "code_case_timeout_s": self.case_timeout_s})

@@ -20,6 +20,7 @@ from cli.data.code import SYNTHETIC, convert_code
 from cli.data.commands import app
 from envs.builtin import arith_tools_score
 from envs.parsers import get_parser
+from sandbox import parse_tests
 
 
 def test_arith_tools_cli_writes_disjoint_products_and_matching_sft_traces(tmp_path: Path) -> None:
@@ -75,9 +76,8 @@ def test_code_synthetic_rows_carry_tests_the_sandbox_reads(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     rows = load_prompts(tmp_path / "train.parquet") + load_prompts(tmp_path / "test.parquet")
     assert len(rows) == len(SYNTHETIC) and {r.data_source for r in rows} == {"code"}
-    testcases = pytest.importorskip("sandbox.testcases")  # until sandbox/ lands
     for row in rows:
-        tests = testcases.parse_tests(row.ground_truth)
+        tests = parse_tests(row.ground_truth)
         assert tests and "```python" in row.messages[0]["content"]
 
 

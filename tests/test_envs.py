@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from envs.base import EpisodeStart, Tool, ToolCall
-from envs.builtin import ArithToolsEnv, CodeEnv, arith_tools_score, last_python_block
+from envs.builtin import ArithToolsEnv, CodeEnv, arith_tools_score
 from envs.registry import ENVIRONMENTS, EnvironmentLoadError, load_environment
 from envs.tool_env import ToolEnvironment, check_arguments
 from envs.tools import MAX_DIGITS, CalculatorError, calculate, calculator, calculator_tool, python_tool
@@ -124,7 +124,6 @@ def test_arith_tools_reward() -> None:
 
 
 def test_code_environment_scores_the_last_python_block_in_the_sandbox() -> None:
-    pytest.importorskip("sandbox.runner")
     tests = json.dumps({"inputs": ["1 2\n", "5 5\n", "0 0\n"], "outputs": ["3\n", "10\n", "0\n"]})
     env = CodeEnv()
     env.reset(EpisodeStart(0, "code", tests))
@@ -137,16 +136,15 @@ def test_code_environment_scores_the_last_python_block_in_the_sandbox() -> None:
     assert env.final_reward() == pytest.approx(1 / 3)
     env.reset(EpisodeStart(0, "code", tests))
     env.step("no code here", [], [])
-    assert env.final_reward() == 0.0 and last_python_block("```\nx = 1\n```") == "x = 1\n"
+    assert env.final_reward() == 0.0
 
 
 def test_python_tool_reports_failures_as_output() -> None:
-    pytest.importorskip("sandbox.runner")
-    tool = python_tool(timeout_s=2.0, max_chars=50)
+    tool = python_tool(max_chars=50)
     assert tool.fn(code="import sys; sys.exit('bad input')") == "exit code: 1\nstderr:\nbad input\n"
     assert tool.fn(code="print('x' * 80)").endswith("x" * 50 + "\n... (31 more characters)")
-    assert tool.fn(code="import time; time.sleep(30)").startswith("exit code: none (the program was killed) "
-                                                                  "(limit hit: timeout)")
+    assert python_tool(timeout_s=1.0).fn(code="import time; time.sleep(30)").startswith(
+        "exit code: none (the program was killed) (limit hit: timeout)")
 
 
 USER_ENVS = '''
