@@ -167,8 +167,10 @@ def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/
         from asyncrl.train_config import SFTConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=SFTConfig)
         _setup_logging("sft", cfg)
+        from asyncrl.data.supervised import check_sft_inputs
+        inputs = check_sft_inputs(cfg.model.path, cfg.data)  # bad input: exit 2 before torch is imported
         from learner.supervised.sft import main
-        main(cfg)
+        main(cfg, inputs)
     _run("sft", go)
 
 
@@ -182,8 +184,10 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
         from asyncrl.train_config import RMConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=RMConfig)
         _setup_logging("rm-train", cfg)
+        from asyncrl.data.supervised import check_preference_inputs
+        inputs = check_preference_inputs(cfg.model.path, cfg.data)  # bad input: exit 2 before torch is imported
         from learner.supervised.rm_train import main
-        main(cfg)
+        main(cfg, inputs)
     _run("rm-train", go)
 
 

@@ -15,50 +15,68 @@ import torch
 from tests.conftest import free_port
 from tests.e2e import REPO
 
+TWO_RANKS_MATCH_ONE = {
+    "grpo": {"advantage": "grpo"},
+    "gae+ref+token_budget": {"advantage": "gae", "kl_loss_coef": 0.1, "learner": {"max_tokens_per_microbatch": 24}},
+}
+FILTERED = {  # the off-policy filter rejects tokens (behaviour log-probs are noisy)
+    "mis": {"correction": "mis"},
+    "decoupled+3mini+2epochs": {"correction": "decoupled", "is_cap": 1.5,
+                                "learner": {"prompts_per_step": 3, "ppo_mini_batches": 3, "ppo_epochs": 2}},
+}
 
-def _run(world: int, model_dir: Path, out: Path, algo: dict) -> tuple[dict, dict]:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-            "--master-port", str(free_port()), str(REPO / "tests" / "dist_step.py"), str(model_dir), str(out),
-            json.dumps(algo)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return json.loads((out / "stats.json").read_text()), torch.load(out / "state.pt")
+
+def _filtered_case(algo: dict, world: int) -> dict:
+    """1 rank: one padded micro-batch of every sample; 2 ranks: packed micro-batches of 1 sample."""
+    cut = {"micro_batch_size": 64, "packing": False} if world == 1 else {"micro_batch_size": 1, "packing": True}
+    return {**algo, "groups": {"beh_noise": 1.5}, "learner": {**algo.get("learner", {}), **cut}}
 
 
-@pytest.mark.parametrize("algo", [
-    {"advantage": "grpo"},
-    {"advantage": "gae", "kl_loss_coef": 0.1, "learner": {"max_tokens_per_microbatch": 24}},
-], ids=["grpo", "gae+ref+token_budget"])
-def test_two_ranks_match_one(tiny_model_dir: Path, tmp_path: Path, algo: dict) -> None:
-    s1, w1 = _run(1, tiny_model_dir, tmp_path / "w1", dict(algo))
-    s2, w2 = _run(2, tiny_model_dir, tmp_path / "w2", dict(algo))
-    for key in ("loss", "pg_loss", "grad_norm", "entropy", "advantage_abs_mean"):
-        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+Result = tuple[dict, dict]
+
+
+@pytest.fixture(scope="module")
+def steps(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Result]]:
+    """Every case's one step with 1 rank and with 2 ranks: one torchrun launch per world size."""
+    out: dict[int, dict[str, Result]] = {}
+    for world in (1, 2):
+        cases = {**TWO_RANKS_MATCH_ONE, **{k: _filtered_case(v, world) for k, v in FILTERED.items()}}
+        root = tmp_path_factory.mktemp(f"ranks{world}")
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+                "--master-port", str(free_port()), str(REPO / "tests" / "dist_step.py"), str(tiny_model_dir),
+                str(root), json.dumps(cases)]
+        res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+        out[world] = {name: (json.loads((root / name / "stats.json").read_text()), torch.load(root / name / "state.pt"))
+                      for name in cases}
+    return out
+
+
+def _same_weights(w1: dict, w2: dict) -> None:
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("algo", [
-    {"correction": "mis"},
-    {"correction": "decoupled", "is_cap": 1.5,
-     "learner": {"prompts_per_step": 3, "ppo_mini_batches": 3, "ppo_epochs": 2}},
-], ids=["mis", "decoupled+3mini+2epochs"])
-def test_filtered_tokens_same_update_whatever_the_cut(tiny_model_dir: Path, tmp_path: Path, algo: dict) -> None:
+@pytest.mark.parametrize("case", list(TWO_RANKS_MATCH_ONE))
+def test_two_ranks_match_one(steps: dict[int, dict[str, Result]], case: str) -> None:
+    (s1, w1), (s2, w2) = steps[1][case], steps[2][case]
+    for key in ("loss", "pg_loss", "grad_norm", "entropy", "advantage_abs_mean"):
+        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+    _same_weights(w1, w2)
+
+
+@pytest.mark.parametrize("case", list(FILTERED))
+def test_filtered_tokens_same_update_whatever_the_cut(steps: dict[int, dict[str, Result]], case: str) -> None:
     """Tokens rejected by the off-policy filter leave the loss's denominator the same way
     however the batch is cut: 1 rank, one padded micro-batch of every sample, vs 2 ranks,
     packed micro-batches of 1 sample."""
-    base = {**algo, "groups": {"beh_noise": 1.5}}
-    one = {**base, "learner": {**algo.get("learner", {}), "micro_batch_size": 64, "packing": False}}
-    two = {**base, "learner": {**algo.get("learner", {}), "micro_batch_size": 1, "packing": True}}
-    s1, w1 = _run(1, tiny_model_dir, tmp_path / "w1", one)
-    s2, w2 = _run(2, tiny_model_dir, tmp_path / "w2", two)
+    (s1, w1), (s2, w2) = steps[1][case], steps[2][case]
     assert 0 < s1["is_masked_frac"] < 1
     for key in ("loss", "pg_loss", "grad_norm", "is_masked_frac", "clip_frac", "optimizer_steps"):
         assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
+    _same_weights(w1, w2)
 
 
 def test_sft_two_ranks_match_one_with_uneven_batches(tiny_model_dir: Path, tmp_path: Path) -> None:

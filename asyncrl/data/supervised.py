@@ -82,14 +82,18 @@ def _keyed(key: str, fn: Any, *args: Any) -> Any:
         raise DataError(f"{key}: {e}") from None
 
 
-def check_sft_inputs(model_path: Path, data: SFTData) -> tuple[list[Messages], list[Messages] | None]:
+SFTSplits = tuple[list[Messages], list[Messages] | None]
+PreferenceSplits = tuple[list[Preference], list[Preference]]
+
+
+def check_sft_inputs(model_path: Path, data: SFTData) -> SFTSplits:
     """The model directory and both SFT splits, checked before any model is loaded."""
     require_model_dir(model_path, "model.path")
     train = _keyed("data.train", load_sft, data.train, data)
     return train, _keyed("data.test", load_sft, data.test, data) if data.test else None
 
 
-def check_preference_inputs(model_path: Path, data: PreferenceData) -> tuple[list[Preference], list[Preference]]:
+def check_preference_inputs(model_path: Path, data: PreferenceData) -> PreferenceSplits:
     """The model directory and both preference splits, checked before any model is loaded."""
     require_model_dir(model_path, "model.path")
     train = _keyed("data.train", load_preferences, data.train, data)

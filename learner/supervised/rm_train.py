@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from asyncrl.data.format import DataError
-from asyncrl.data.supervised import Preference, check_preference_inputs
+from asyncrl.data.supervised import Preference, PreferenceSplits, check_preference_inputs
 from asyncrl.train_config import RMConfig
 from learner.batch import build_lm_batch
 from learner.fsdp.model import decoder_layers, init_distributed, save_hf, shard
@@ -76,12 +76,13 @@ def encode_pairs(tok: Any, prefs: list[Preference], max_tokens: int) -> tuple[li
 
 
 class RMTrainer(SupervisedTrainer):
-    def __init__(self, cfg: RMConfig) -> None:
+    def __init__(self, cfg: RMConfig, inputs: PreferenceSplits | None = None) -> None:
+        """``inputs``: the checked preference splits, if the caller already read them."""
         self.cfg = cfg
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.run.seed)
         d = cfg.data
-        train_prefs, test_prefs = check_preference_inputs(cfg.model.path, d)
+        train_prefs, test_prefs = inputs or check_preference_inputs(cfg.model.path, d)
         self.model, self.tokenizer = load_reward_model(cfg)
         train, dropped = encode_pairs(self.tokenizer, train_prefs, d.max_tokens)
         test = encode_pairs(self.tokenizer, test_prefs, d.max_tokens)[0]
@@ -147,6 +148,6 @@ class RMTrainer(SupervisedTrainer):
         return save_hf(self.model, self.tokenizer, out, auto_cls=AutoModelForSequenceClassification, prefix="hf.")
 
 
-def main(cfg: RMConfig) -> None:
-    """Entry point of ``asyncrl rm-train CONFIG``."""
-    train_to_end(RMTrainer(cfg))
+def main(cfg: RMConfig, inputs: PreferenceSplits | None = None) -> None:
+    """Entry point of ``asyncrl rm-train CONFIG`` (``inputs``: from :func:`check_preference_inputs`)."""
+    train_to_end(RMTrainer(cfg, inputs))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from asyncrl.data.format import DataError
-from asyncrl.data.supervised import Messages, check_sft_inputs
+from asyncrl.data.supervised import Messages, SFTSplits, check_sft_inputs
 from asyncrl.train_config import SFTConfig
 from learner.algo.logprobs import token_logprobs
 from learner.batch import build_lm_batch
@@ -68,12 +68,13 @@ def encode_all(tokenizer: Any, chats: list[Messages], max_tokens: int, source: P
 
 
 class SFTTrainer(SupervisedTrainer):
-    def __init__(self, cfg: SFTConfig) -> None:
+    def __init__(self, cfg: SFTConfig, inputs: SFTSplits | None = None) -> None:
+        """``inputs``: the checked SFT splits, if the caller already read them."""
         self.cfg = cfg
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.run.seed)
         d = cfg.data
-        train, test = check_sft_inputs(cfg.model.path, d)
+        train, test = inputs or check_sft_inputs(cfg.model.path, d)
         self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.train)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
@@ -130,6 +131,6 @@ class SFTTrainer(SupervisedTrainer):
         return save_hf(self.model, self.tokenizer, out)
 
 
-def main(cfg: SFTConfig) -> None:
-    """Entry point of ``asyncrl sft CONFIG``."""
-    train_to_end(SFTTrainer(cfg))
+def main(cfg: SFTConfig, inputs: SFTSplits | None = None) -> None:
+    """Entry point of ``asyncrl sft CONFIG`` (``inputs``: from :func:`check_sft_inputs`)."""
+    train_to_end(SFTTrainer(cfg, inputs))
