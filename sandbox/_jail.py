@@ -1,13 +1,15 @@
 """The sandbox's own processes. Stdlib only: :mod:`sandbox.runner` starts this file with the base
 interpreter (``python -I -S``, this directory appended to ``sys.path``), as root, with the run spec
-(marshal) on stdin and a status pipe whose fd number the spec names. Three processes, so that the program is never
-PID 1 and never root:
+(marshal) on stdin and a status pipe whose fd number the spec names. Three processes, so that the
+program is never PID 1 and never root:
 
-* outer: reads the spec, ``unshare``\\ s the namespaces (network, mount, PID, IPC, UTS), forks the inner
-  process and waits for it. It lives outside the new PID namespace, so the caller can kill it.
-* inner: PID 1 of the new PID namespace, still root. Builds the minimal file tree (:mod:`_rootfs`),
-  forks the program, reaps every child, enforces the wall-clock timeout, writes the status JSON on fd 3
-  and exits; the kernel then kills whatever the program left behind in the namespace.
+* outer: reads the spec, ``unshare``\\ s the network, PID, IPC and UTS namespaces, joins the run's memory
+  cgroup (:mod:`_cgroup`), forks the inner process and waits for it, then reports OOM kills. It stays
+  outside the new PID and mount namespaces, so the caller can kill it.
+* inner: PID 1 of the new PID namespace, still root. Unshares the mount namespace (``pivot_root`` moves
+  the root of every process in it, so the outer one must not share it), builds the minimal file tree
+  (:mod:`_rootfs`), forks the program, reaps every child, enforces the wall-clock timeout, writes its
+  status lines and exits; the kernel then kills whatever the program left behind in the namespace.
 * program: drops to the run's own uid (no groups, no new privileges), writes the input files into its
   working directory, sets the rlimits last and ``exec``\\ s Python on ``main.py``.
 
@@ -28,13 +30,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandbox import _rootfs
+    from sandbox import _cgroup, _rootfs
 else:  # started as a script, without the package (and its imports) on the path
+    import _cgroup
     import _rootfs
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 NAMESPACES = {"network_namespace": CLONE_NEWNET, "mount_namespace": CLONE_NEWNS, "pid_namespace": CLONE_NEWPID}
+EVERY = {**NAMESPACES, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+OUTER = ("network_namespace", "pid_namespace", "ipc", "uts")  # the mount namespace is the inner one's alone
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING = {"x86_64": 250, "aarch64": 219}, 1
 WORKDIR = "/sandbox"
@@ -48,16 +53,20 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
-def _unshare(spec: dict[str, Any]) -> dict[str, bool]:
-    """Unshare every namespace at once, else each one alone; which ones took."""
-    every = {**NAMESPACES, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
-    wanted = {name: flag for name, flag in every.items() if name in spec["namespaces"]}  # a test knob
-    flags = 0
-    for flag in wanted.values():
-        flags |= flag
-    if wanted and libc.unshare(flags) == 0:
-        return {name: name in wanted for name in every}
-    return {name: name in wanted and libc.unshare(flag) == 0 for name, flag in every.items()}
+def _unshare(spec: dict[str, Any], names: tuple[str, ...]) -> dict[str, bool]:
+    """Unshare the named namespaces (those the spec allows: a test knob) at once, else each alone; which took."""
+    wanted = {name: EVERY[name] for name in names if name in spec["namespaces"]}
+    if wanted and libc.unshare(sum(wanted.values())) == 0:
+        return {name: name in wanted for name in names}
+    return {name: name in wanted and libc.unshare(EVERY[name]) == 0 for name in names}
+
+
+def _refusal(spec: dict[str, Any], isolation: dict[str, bool]) -> str | None:
+    missing = [name for name in NAMESPACES if not isolation[name]]
+    if not missing or spec["weak_ok"]:
+        return None
+    return (f"the OS refused {', '.join(missing)} (are we root, outside a seccomp filter that blocks "
+            "unshare?); set ASYNCRL_SANDBOX_WEAK=1 to run with less isolation anyway")
 
 
 STATUS_FD = -1  # set from the spec by main()
@@ -82,6 +91,15 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+def _oom_score_adj(value: str) -> None:
+    """Best effort: lowering it needs CAP_SYS_RESOURCE, which containers often drop."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(value)
+    except OSError:
+        pass
+
+
 def _limit(resource_id: int, value: int) -> None:
     resource.setrlimit(resource_id, (value, value))
 
@@ -90,6 +108,7 @@ def _exec_program(spec: dict[str, Any], err_w: int, stdin_fd: int, workdir: str)
     """In the program's process: drop privileges, write the inputs, set the limits, exec."""
     limits, uid = spec["limits"], spec["uid"]
     os.dup2(stdin_fd, 0)
+    _oom_score_adj("0")  # the jail may be exempt from the OOM killer; the program is not
     if spec["drop"]:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -173,7 +192,11 @@ def _inner(spec: dict[str, Any], isolation: dict[str, bool], stdin_fd: int) -> N
     """The namespace's PID 1: set up the file tree, run the program, report, exit (which kills the rest)."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    isolation = dict(isolation)
+    isolation = {**isolation, **_unshare(spec, ("mount_namespace",))}
+    refusal = _refusal(spec, isolation)
+    if refusal:
+        _status({"error": refusal, "isolation": isolation})
+        raise SystemExit(1)
     workdir = WORKDIR
     try:
         if isolation["uts"]:
@@ -207,14 +230,11 @@ def main() -> None:
     os.lseek(stdin_fd, 0, os.SEEK_SET)
     spec["drop"] = os.geteuid() == 0
     spec["uid"] = spec["uid_base"] + os.getpid()  # unique while we live: RLIMIT_NPROC counts this run only
-    isolation = _unshare(spec)
-    missing = [name for name in NAMESPACES if not isolation[name]]
-    if missing and not spec["weak_ok"]:
-        _status({"error": f"the OS refused {', '.join(missing)} (are we root, outside a seccomp filter that "
-                          "blocks unshare?); set ASYNCRL_SANDBOX_WEAK=1 to run with less isolation anyway",
-                 "isolation": isolation})
-        raise SystemExit(1)
+    isolation = _unshare(spec, OUTER)
     isolation["unprivileged_user"] = spec["drop"]
+    _oom_score_adj("-1000")  # a run over its cgroup limit should lose a program process, not the jail
+    cgroup = _cgroup.join(spec["limits"]["memory_mb"] + spec["scratch_mb"])
+    isolation["memory_cgroup"] = cgroup is not None
     pid = os.fork()
     if pid == 0:
         try:
@@ -222,6 +242,8 @@ def main() -> None:
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
+    if cgroup is not None and _cgroup.oom_killed(cgroup):  # the caller removes the cgroup after we exit
+        _status({"oom_kill": True})
     raise SystemExit(os.waitstatus_to_exitcode(status))
 
 

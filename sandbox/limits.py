@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 LIMIT_NAMES = ("timeout", "cpu", "memory", "procs", "file_size", "output")
-ISOLATION_KEYS = ("network_namespace", "mount_namespace", "pid_namespace", "unprivileged_user")
+ISOLATION_KEYS = ("network_namespace", "mount_namespace", "pid_namespace", "unprivileged_user", "memory_cgroup")
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per-run limits. ``memory_mb`` caps the address space of each process (``RLIMIT_AS``, the interpreter's
-    own ~30 MB included); ``cpu_s`` is per process; ``max_procs`` counts processes and threads of the run;
-    ``file_mb`` is the largest file, and the working dir, /tmp and /dev/shm share a tmpfs of 4x that."""
+    own ~10-30 MB included) and, where a memory cgroup can be made, the run's processes together (plus
+    its tmpfs and 64 MB for the jail); ``cpu_s`` is per process; ``max_procs`` counts processes and threads
+    of the run; ``file_mb`` is the largest file, and the working dir, /tmp and /dev/shm share a tmpfs of
+    4x that. See docs/sandbox.md."""
 
     timeout_s: float = 10.0  # wall clock
     cpu_s: float = 10.0

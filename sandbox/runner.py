@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox import _cgroup
 from sandbox.limits import DEFAULT_LIMITS, ISOLATION_KEYS, Limits, Result
 
 UID_BASE = 1_500_000_000
@@ -146,6 +147,8 @@ def _classify(status: dict[str, Any], hit: str | None, stderr: str, limits: Limi
         return hit
     if status.get("timeout"):
         return "timeout"
+    if status.get("oom_kill"):  # the run's processes together went past the memory cgroup's limit
+        return "memory"
     code = status.get("exit_code")
     if code == -signal.SIGXCPU or (code == -signal.SIGKILL and (status.get("cpu_s") or 0) >= int(limits.cpu_s)):
         return "cpu"
@@ -198,6 +201,9 @@ def run_python(code: str, *, stdin: str = "", limits: Limits = DEFAULT_LIMITS,
         status = _read_status(status_fd)
         if hit is not None and not status.get("isolation", {}).get("pid_namespace"):
             _kill_uid(UID_BASE + proc.pid)
+        cgroup = _cgroup.path_for(proc.pid)
+        if cgroup is not None and os.path.isdir(cgroup):  # the jail has exited: empty, or emptying after a kill
+            _cgroup.remove(cgroup)
     finally:
         os.close(status_fd)
         for stream in (proc.stdout, proc.stderr):

@@ -56,8 +56,9 @@ def test_happy_path_stdin_files_and_isolation() -> None:
     result = run_python(code, stdin="hello\n", limits=SMALL, files=helper)
     assert result.ok, result
     assert result.stdout == "HELLO True /sandbox\n"
-    assert result.isolation == {"network_namespace": True, "mount_namespace": True, "pid_namespace": True,
-                                "unprivileged_user": True}
+    assert result.isolation.keys() == {"network_namespace", "mount_namespace", "pid_namespace",
+                                       "unprivileged_user", "memory_cgroup"}
+    assert all(v for k, v in result.isolation.items() if k != "memory_cgroup")  # that one is best effort
     assert 0 < result.time_s < 5 and result.max_rss_mb > 1
     assert json.loads(json.dumps(result.to_json()))["stdout"] == result.stdout
 
@@ -84,6 +85,17 @@ def test_fork_bomb_is_contained() -> None:
 def test_memory_past_the_limit() -> None:
     result = run_python("x = bytearray(1 << 30)", limits=SMALL)
     assert result.exit_code == 1 and result.limit_hit == "memory", result
+
+
+def test_processes_together_past_the_memory_cgroup() -> None:
+    """Eight processes of 100 MB each stay under RLIMIT_AS (128 MB) one by one; the run's cgroup stops them."""
+    code = ("import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        x = b'x' * (100 << 20)\n        time.sleep(1)\n        os._exit(0)\n    kids.append(pid)\n"
+            "print([os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids])")
+    result = run_python(code, limits=Limits(timeout_s=10, memory_mb=128, max_procs=16, file_mb=4))
+    if not result.isolation["memory_cgroup"]:
+        pytest.skip("no memory cgroup can be made on this host: memory is capped per process only")
+    assert result.limit_hit == "memory" and "-9" in result.stdout, result
 
 
 @pytest.mark.parametrize("code", ["open('big', 'wb').write(b'x' * (64 << 20))",  # one file past file_mb
@@ -169,8 +181,9 @@ def test_weak_mode_without_pid_and_network_namespaces_still_kills_leftovers(monk
     monkeypatch.setenv(WEAK_ENV, "1")
     code = PRINT_UID + "import time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
     result = run_python(code, limits=SMALL)
-    assert result.ok and result.isolation == {"network_namespace": False, "mount_namespace": True,
-                                              "pid_namespace": False, "unprivileged_user": True}
+    assert result.ok, result
+    assert {k: v for k, v in result.isolation.items() if k != "memory_cgroup"} == {
+        "network_namespace": False, "mount_namespace": True, "pid_namespace": False, "unprivileged_user": True}
     _assert_gone(result)
     result = run_python(code + "while True:\n    print('x' * 1000)", limits=SMALL)
     assert result.limit_hit == "output"
