@@ -11,7 +11,8 @@ program is never PID 1 and never root:
   (:mod:`_rootfs`), forks the program, reaps every child, enforces the wall-clock timeout, writes its
   status lines and exits; the kernel then kills whatever the program left behind in the namespace.
 * program: drops to the run's own uid (no groups, no new privileges), writes the input files into its
-  working directory, sets the rlimits last and ``exec``\\ s Python on ``main.py``.
+  working directory, sets the rlimits and a seccomp filter (:mod:`_seccomp`) last and ``exec``\\ s Python
+  on ``main.py``.
 
 Where the OS refuses a namespace, the spec's ``weak_ok`` decides: refuse (status ``error``), or go on and
 report it in ``isolation`` (then leftovers are killed by uid, see :func:`_kill_uid`).
@@ -30,10 +31,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandbox import _cgroup, _rootfs
+    from sandbox import _cgroup, _rootfs, _seccomp
 else:  # started as a script, without the package (and its imports) on the path
     import _cgroup
     import _rootfs
+    import _seccomp
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -134,6 +136,7 @@ def _exec_program(spec: dict[str, Any], err_w: int, stdin_fd: int, workdir: str)
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_NOFILE, 1024)
     _limit(resource.RLIMIT_AS, limits["memory_mb"] << 20)
+    _seccomp.install(libc)  # last: from here on no new user namespaces, keyrings, bpf (see _seccomp)
     python = spec["python"]
     os.execve(python, [python, "-B", "-E", "-s", "main.py"], env)
 
@@ -232,6 +235,7 @@ def main() -> None:
     spec["uid"] = spec["uid_base"] + os.getpid()  # unique while we live: RLIMIT_NPROC counts this run only
     isolation = _unshare(spec, OUTER)
     isolation["unprivileged_user"] = spec["drop"]
+    isolation["seccomp"] = _seccomp.program(os.uname().machine) is not None
     _oom_score_adj("-1000")  # a run over its cgroup limit should lose a program process, not the jail
     cgroup = _cgroup.join(spec["limits"]["memory_mb"] + spec["scratch_mb"])
     isolation["memory_cgroup"] = cgroup is not None

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 LIMIT_NAMES = ("timeout", "cpu", "memory", "procs", "file_size", "output")
-ISOLATION_KEYS = ("network_namespace", "mount_namespace", "pid_namespace", "unprivileged_user", "memory_cgroup")
+ISOLATION_KEYS = ("network_namespace", "mount_namespace", "pid_namespace", "unprivileged_user", "memory_cgroup",
+                  "seccomp")
 
 
 @dataclass(frozen=True)

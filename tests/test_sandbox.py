@@ -57,7 +57,7 @@ def test_happy_path_stdin_files_and_isolation() -> None:
     assert result.ok, result
     assert result.stdout == "HELLO True /sandbox\n"
     assert result.isolation.keys() == {"network_namespace", "mount_namespace", "pid_namespace",
-                                       "unprivileged_user", "memory_cgroup"}
+                                       "unprivileged_user", "memory_cgroup", "seccomp"}
     assert all(v for k, v in result.isolation.items() if k != "memory_cgroup")  # that one is best effort
     assert 0 < result.time_s < 5 and result.max_rss_mb > 1
     assert json.loads(json.dumps(result.to_json()))["stdout"] == result.stdout
@@ -74,6 +74,21 @@ def test_no_network_even_to_a_listening_local_socket() -> None:
         with pytest.raises(BlockingIOError):
             server.accept()  # nobody came
     assert result.exit_code == 1 and "Network is unreachable" in result.stderr
+
+
+def test_no_user_namespace_or_keyring_but_threads_and_subprocesses_work() -> None:
+    """The seccomp filter: a user namespace (where the program would be "root") and keyctl are refused;
+    threads (clone3 answers ENOSYS, glibc falls back to clone), fork and subprocess still work."""
+    code = ("import ctypes, os, subprocess, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
+            "print(libc.syscall(250 if os.uname().machine == 'x86_64' else 219, 0, -3, 0), ctypes.get_errno())\n"
+            "t = threading.Thread(target=print, args=('thread',))\nt.start()\nt.join()\n"
+            "print(subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout, end='')")
+    result = run_python(code, limits=SMALL)
+    if not result.isolation["seccomp"]:
+        pytest.skip(f"no seccomp filter for {os.uname().machine}")
+    assert result.ok, result
+    assert result.stdout.splitlines() == ["-1 1", "-1 1", "thread", "child"]
 
 
 def test_fork_bomb_is_contained() -> None:
@@ -113,13 +128,15 @@ def test_the_runs_files_keys_and_env_are_out_of_sight(tmp_path: Path, monkeypatc
     paths = [str(secret), str(ROOT / "pyproject.toml"), "/root/.bashrc", "/etc/shadow"]
     code = (f"import json, os\nfor p in {paths!r}:\n    try:\n        print(open(p).read())\n"
             f"    except OSError as e:\n        print('denied', type(e).__name__)\n"
-            f"print(json.dumps({{'root': os.listdir('/root'), 'env': sorted(os.environ)}}))")
+            f"print(json.dumps({{'root': os.listdir('/root'), 'env': sorted(os.environ), 'me': os.getpid(),\n"
+            f"                  'procs': [p for p in os.listdir('/proc') if p.isdigit()]}}))")
     result = run_python(code, limits=SMALL)
     assert result.ok, result
     assert "hunter2" not in result.stdout and "ASYNCRL_TEST_API_KEY" not in result.stdout
     assert result.stdout.count("denied FileNotFoundError") == len(paths)
     seen = json.loads(result.stdout.splitlines()[-1])
     assert all(any(p.startswith(f"/root/{name}") for p in PYTHON_BINDS) for name in seen["root"])
+    assert seen["procs"] == [str(seen["me"])]  # a PID namespace, and hidepid=2 hides its root-owned PID 1
 
 
 def test_sleep_forever_times_out() -> None:
@@ -182,7 +199,8 @@ def test_weak_mode_without_pid_and_network_namespaces_still_kills_leftovers(monk
     code = PRINT_UID + "import time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
     result = run_python(code, limits=SMALL)
     assert result.ok, result
-    assert {k: v for k, v in result.isolation.items() if k != "memory_cgroup"} == {
+    namespaces = ("network_namespace", "mount_namespace", "pid_namespace", "unprivileged_user")
+    assert {k: result.isolation[k] for k in namespaces} == {
         "network_namespace": False, "mount_namespace": True, "pid_namespace": False, "unprivileged_user": True}
     _assert_gone(result)
     result = run_python(code + "while True:\n    print('x' * 1000)", limits=SMALL)
