@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -12,7 +13,7 @@ app = typer.Typer(help="Run untrusted Python the way code rewards and the python
                   add_completion=False)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"asyncrl sandbox run: {message}", err=True)
     raise typer.Exit(code)
 
@@ -22,7 +23,6 @@ def _read(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {what} {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
-    raise AssertionError("unreachable")  # _fail raised
 
 
 @app.command()
