@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Limits, Result, SandboxError, run_python
+from sandbox import Limits, Result, SandboxError, _cgroup, run_python
 from sandbox.runner import GRACE_S, NAMESPACES_ENV, PYTHON_BINDS, WEAK_ENV
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox drops privileges: needs root")
@@ -111,6 +112,10 @@ def test_processes_together_past_the_memory_cgroup() -> None:
     if not result.isolation["memory_cgroup"]:
         pytest.skip("no memory cgroup can be made on this host: memory is capped per process only")
     assert result.limit_hit == "memory" and "-9" in result.stdout, result
+    killed = run_python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=SMALL)
+    assert killed.limit_hit == "output"  # the jail was killed: the caller removes its cgroup
+    parent = _cgroup.path_for(0)
+    assert parent is not None and not list(Path(parent).parent.glob(_cgroup.PREFIX + "*"))
 
 
 @pytest.mark.parametrize("code", ["open('big', 'wb').write(b'x' * (64 << 20))",  # one file past file_mb
@@ -147,9 +152,11 @@ def test_sleep_forever_times_out() -> None:
     _assert_gone(result)
 
 
-def test_cpu_spin_hits_the_cpu_limit() -> None:
-    result = run_python("while True:\n    pass", limits=Limits(timeout_s=10, cpu_s=1))
-    assert result.limit_hit == "cpu" and result.exit_code is not None and result.exit_code < 0, result
+@pytest.mark.parametrize("code", ["while True:\n    pass",  # SIGXCPU at the soft limit
+                                  "import signal as s\ns.signal(s.SIGXCPU, s.SIG_IGN)\nwhile True:\n    pass"])
+def test_cpu_spin_hits_the_cpu_limit(code: str) -> None:  # the second ignores SIGXCPU: SIGKILL a second later
+    result = run_python(code, limits=Limits(timeout_s=10, cpu_s=1))
+    assert result.limit_hit == "cpu" and result.exit_code in (-signal.SIGXCPU, -signal.SIGKILL), result
 
 
 def test_printing_gigabytes_is_cut_and_killed() -> None:
