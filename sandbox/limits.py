@@ -29,8 +29,10 @@ class Limits:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"Limits.{field.name} must be a positive number, got {value!r}")
+            kind = (int,) if field.type == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+                noun = "integer" if field.type == "int" else "number"
+                raise ValueError(f"Limits.{field.name} must be a positive {noun}, got {value!r}")
         if self.memory_mb < 32:
             raise ValueError(f"Limits.memory_mb={self.memory_mb} is below the ~32 MB Python itself needs")
 

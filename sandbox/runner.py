@@ -63,7 +63,7 @@ def _utf8(text: str) -> bytes:
 def _check_files(files: dict[str, str], limits: Limits) -> None:
     for name, text in files.items():
         parts = Path(name).parts
-        if not name or Path(name).is_absolute() or ".." in parts or "\0" in name or name == "main.py":
+        if not name or Path(name).is_absolute() or ".." in parts or "\0" in name or parts == ("main.py",):
             raise ValueError(f"sandbox file name {name!r} must be a relative path inside the working dir "
                              "(no '..', not main.py)")
         if len(_utf8(text)) > limits.file_mb << 20:
@@ -76,11 +76,11 @@ def _namespaces() -> list[str]:
 
 
 def _spec(code: str, stdin: str, limits: Limits, files: dict[str, str], status_fd: int) -> bytes:
-    size_mb = sum(len(_utf8(text)) + len(name) for name, text in files.items()) + len(_utf8(code))
+    size = sum(len(_utf8(text)) + len(name) for name, text in files.items()) + len(_utf8(code))
     return marshal.dumps({
         "code": code, "stdin": stdin, "files": files, "limits": vars(limits), "status_fd": status_fd,
         "uid_base": UID_BASE, "python": PYTHON, "binds": PYTHON_BINDS, "hide": SITE_PACKAGES,
-        "scratch_mb": 4 * limits.file_mb + (size_mb >> 20) + 1,
+        "scratch_mb": 4 * limits.file_mb + (size >> 20) + 1,
         "namespaces": _namespaces(),
         "weak_ok": os.environ.get(WEAK_ENV, "0") == "1",
     })
