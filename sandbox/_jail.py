@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import marshal
+import math
 import os
 import resource
 import select
@@ -129,7 +130,7 @@ def _exec_program(spec: dict[str, Any], err_w: int, stdin_fd: int, workdir: str)
     os.closerange(err_w + 1, 65536)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
            "LC_ALL": "C.UTF-8", "USER": "sandbox", "LOGNAME": "sandbox"}
-    cpu = max(1, int(limits["cpu_s"] + 0.999))
+    cpu = max(1, math.ceil(limits["cpu_s"]))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # soft: SIGXCPU; one second later SIGKILL
     _limit(resource.RLIMIT_FSIZE, limits["file_mb"] << 20)
     _limit(resource.RLIMIT_NPROC, limits["max_procs"])

@@ -150,7 +150,7 @@ def _classify(status: dict[str, Any], hit: str | None, stderr: str, limits: Limi
     if status.get("oom_kill"):  # the run's processes together went past the memory cgroup's limit
         return "memory"
     code = status.get("exit_code")
-    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and (status.get("cpu_s") or 0) >= int(limits.cpu_s)):
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and (status.get("cpu_s") or 0) >= limits.cpu_s):
         return "cpu"
     if code == -signal.SIGXFSZ:
         return "file_size"
