@@ -21,11 +21,12 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from asyncrl.config_algorithm import AlgorithmSection
 from asyncrl.config_base import ConfigError, _Section, parse_address
+from asyncrl.config_env import EnvironmentSection
 from asyncrl.config_load import apply_override, format_errors, read_toml
 from asyncrl.config_moved import ALIASES, RootRef, move_aliases, moved
 
-__all__ = ["AlgorithmSection", "ConfigError", "RunConfig", "apply_override", "dump_config", "load_config",
-           "parse_address", "validate_config"]
+__all__ = ["AlgorithmSection", "ConfigError", "EnvironmentSection", "RunConfig", "apply_override", "dump_config",
+           "load_config", "parse_address", "validate_config"]
 
 
 
@@ -301,6 +302,7 @@ class RunConfig(_Section):
     reward: RewardSection = Field(default_factory=RewardSection)
     learner: LearnerSection = Field(default_factory=LearnerSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     transport: TransportSection = Field(default_factory=TransportSection)
     placement: PlacementSection = Field(default_factory=PlacementSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -356,7 +358,31 @@ class RunConfig(_Section):
             raise ValueError("algorithm.overlong_buffer must be smaller than sampling.max_new_tokens")
         if s.n < 2 and a.advantage in ("grpo", "rloo", "reinforce_pp_baseline"):
             raise ValueError(f"sampling.n must be >= 2: algorithm.advantage={a.advantage} needs a group")
+        self._check_environment()
         return self
+
+    def _check_environment(self) -> None:
+        env, total = self.environment, self.sequence_tokens
+        if env.name is None:
+            return
+        if total <= self.data.max_prompt_tokens:
+            raise ValueError(f"environment.max_total_tokens={total} leaves no room for a reply after a prompt of "
+                             f"up to data.max_prompt_tokens={self.data.max_prompt_tokens}")
+        if self.rollout.max_model_len is not None and total > self.rollout.max_model_len:
+            raise ValueError(f"environment.max_total_tokens={total} exceeds rollout.max_model_len="
+                             f"{self.rollout.max_model_len}: the generators could not hold a whole episode")
+
+    @property
+    def sequence_tokens(self) -> int:
+        """Prompt + response tokens of one sample: ``environment.max_total_tokens`` for episodes,
+        else (and by default) ``data.max_prompt_tokens + sampling.max_new_tokens``."""
+        single = self.data.max_prompt_tokens + self.sampling.max_new_tokens
+        return (self.environment.max_total_tokens or single) if self.environment.name else single
+
+    @property
+    def turn_tokens(self) -> int:
+        """max_tokens of one model turn (``environment.max_new_tokens_per_turn`` or ``sampling.max_new_tokens``)."""
+        return self.environment.max_new_tokens_per_turn or self.sampling.max_new_tokens
 
 
 MOVED_KEYS = [("rollout", "cpu_bind", "placement.generators (one entry per generator)"),

@@ -22,9 +22,9 @@ _SHARED = ("run", "model", "data", "sampling", "weight_sync", "liveness", "trans
 
 # The sections each role reads (the learner also reads the generator fleet's shape: its sync group).
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "learner": _SHARED + ("learner", "algorithm", "rollout"),
-    "rollout": _SHARED + ("rollout",),
-    "reward": ("model", "reward", "transport", "placement", "logging"),
+    "learner": _SHARED + ("learner", "algorithm", "rollout", "environment"),
+    "rollout": _SHARED + ("rollout", "environment"),
+    "reward": ("model", "reward", "environment", "transport", "placement", "logging"),
 }
 LEARNER_READS_OF_ROLLOUT = ("num_generators", "tensor_parallel_size", "dtype")
 

@@ -28,17 +28,40 @@ reward              float32 (nullable)     filled by the reward worker
 reward_error        string (nullable)      set when the reward function failed (reward = 0)
 is_baseline         bool                   a greedy baseline sample (ReMax), scored, never trained
 attempt             int32                  0 for a prompt's first dispatch, +1 for each re-dispatch
+loss_mask           list<int8>             per response token: 1 = the model's token (trained),
+                                           0 = an observation token (tool output, user message)
+token_versions      list<int32>            per response token: the generator's weights version
+                                           when the token arrived; -1 on observation tokens
+turn_starts         list<int32>            index in the response of each model turn's first token
+env_reward          float32 (nullable)     the environment's episode reward (sum of turn rewards
+                                           and the final reward); null: the reward function scores
+num_turns           int32                  model turns in the episode
+num_tool_calls      int32                  tool calls made, well-formed or not (the environment's
+                                           info["calls"], else what the parser found)
+tool_errors         int32                  calls that failed: malformed, unknown tool, the tool
+                                           raised, or the episode's tool time ran out
+tool_time_s         float32                wall seconds spent in the environment's step (tools)
+tool_calls          string                 JSON list of {turn, name, arguments, ok, seconds, error}
 ==================  =====================  ==================================================
 
-Batches from senders older than ``is_baseline`` and ``attempt`` decode with their defaults (False,
-0). Typed access: :class:`asyncrl.transport.items.ScoredGroup`.
+Multi-turn episodes (rollout/episode.py) fill the response region with the model's turns and the
+observations between them, in order, so ``response_token_ids``/``behaviour_logprobs`` cover both
+(observation log-probs are 0.0 and never trained), ``response_text`` is the whole transcript, and
+``policy_version``/``policy_version_end`` are the oldest/newest version of the model's tokens.
+
+Batches from older senders decode with defaults derived per row: ``is_baseline`` False, ``attempt``
+0, ``loss_mask`` all 1, ``token_versions`` all ``policy_version``, ``turn_starts`` [0],
+``env_reward`` null, one turn and no tool calls. Typed access:
+:class:`asyncrl.transport.items.ScoredGroup`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TRAJECTORY_SCHEMA = pa.schema([
     pa.field("prompt_id", pa.int64(), nullable=False),
@@ -61,9 +84,22 @@ TRAJECTORY_SCHEMA = pa.schema([
     pa.field("reward_error", pa.string(), nullable=True),
     pa.field("is_baseline", pa.bool_(), nullable=False),
     pa.field("attempt", pa.int32(), nullable=False),
+    pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),
+    pa.field("token_versions", pa.list_(pa.int32()), nullable=False),
+    pa.field("turn_starts", pa.list_(pa.int32()), nullable=False),
+    pa.field("env_reward", pa.float32(), nullable=True),
+    pa.field("num_turns", pa.int32(), nullable=False),
+    pa.field("num_tool_calls", pa.int32(), nullable=False),
+    pa.field("tool_errors", pa.int32(), nullable=False),
+    pa.field("tool_time_s", pa.float32(), nullable=False),
+    pa.field("tool_calls", pa.string(), nullable=False),
 ])
 
-_DEFAULTS = {"is_baseline": False, "attempt": 0}
+# Columns added after the first senders, with the value a row without them has.
+_DEFAULTS: dict[str, Any] = {"is_baseline": False, "attempt": 0, "env_reward": None, "num_turns": 1,
+                             "num_tool_calls": 0, "tool_errors": 0, "tool_time_s": 0.0, "tool_calls": "[]"}
+# Per-token columns derived from each row: loss_mask all 1, token_versions = policy_version, turn_starts [0].
+_PER_ROW = ("loss_mask", "token_versions", "turn_starts")
 
 
 class SchemaError(ValueError):
@@ -71,11 +107,40 @@ class SchemaError(ValueError):
 
 
 def make_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Build a validated record batch from row dicts (missing nullable fields → null)."""
-    cols = {f.name: [r.get(f.name, _DEFAULTS.get(f.name)) for r in rows] for f in TRAJECTORY_SCHEMA}
-    batch = pa.RecordBatch.from_pydict(cols, schema=TRAJECTORY_SCHEMA)
+    """Build a validated record batch from row dicts (missing nullable fields → null; missing
+    added columns → their defaults, the per-token ones derived per row as for older senders)."""
+    derive = [name for name in _PER_ROW if any(name not in r for r in rows)]
+    cols: dict[str, pa.Array] = {}
+    for f in TRAJECTORY_SCHEMA:
+        if f.name not in derive:
+            cols[f.name] = pa.array([r.get(f.name, _DEFAULTS.get(f.name)) for r in rows], f.type)
+    if derive:  # a row that has its own value keeps it
+        derived = _derived(cols["response_token_ids"], cols["policy_version"])
+        for name in derive:
+            if all(name not in r for r in rows):
+                cols[name] = derived[name]
+            else:
+                own = [r.get(name) for r in rows]
+                cols[name] = pa.array([d if o is None else o for o, d in zip(own, derived[name].to_pylist())],
+                                      TRAJECTORY_SCHEMA.field(name).type)
+    batch = pa.RecordBatch.from_arrays([cols[n] for n in TRAJECTORY_SCHEMA.names], schema=TRAJECTORY_SCHEMA)
     validate_batch(batch)
     return batch
+
+
+def _derived(responses: pa.Array, versions: pa.Array) -> dict[str, pa.Array]:
+    """The per-token columns of single-turn rows, from Arrow buffers: ``loss_mask`` all 1,
+    ``token_versions`` all the row's ``policy_version``, ``turn_starts`` [0]."""
+    lengths = responses.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
+    total = int(lengths.sum())
+    ones = pa.array(np.ones(total, np.int8), pa.int8())
+    per_token = np.repeat(versions.to_numpy(zero_copy_only=False).astype(np.int32), lengths)
+    starts = pa.ListArray.from_arrays(pa.array(np.arange(len(lengths) + 1, dtype=np.int32), pa.int32()),
+                                      pa.array(np.zeros(len(lengths), np.int32), pa.int32()))
+    return {"loss_mask": pa.ListArray.from_arrays(offsets, ones),
+            "token_versions": pa.ListArray.from_arrays(offsets, pa.array(per_token, pa.int32())),
+            "turn_starts": starts}
 
 
 def validate_batch(batch: pa.RecordBatch) -> None:
@@ -88,9 +153,11 @@ def validate_batch(batch: pa.RecordBatch) -> None:
         if not TRAJECTORY_SCHEMA.field(name).nullable and batch.column(name).null_count:
             raise SchemaError(f"column {name} has nulls")
     resp = batch.column("response_token_ids").value_lengths()
-    lps = batch.column("behaviour_logprobs").value_lengths()
-    if not resp.equals(lps):
-        raise SchemaError("behaviour_logprobs and response_token_ids lengths differ")
+    for name in ("behaviour_logprobs", "loss_mask", "token_versions"):
+        if not resp.equals(batch.column(name).value_lengths()):
+            raise SchemaError(f"{name} and response_token_ids lengths differ")
+    if pc.min(batch.column("turn_starts").value_lengths()).as_py() < 1:
+        raise SchemaError("turn_starts must list at least one turn per row")
     if len(set(batch.column("group_id").to_pylist())) != 1:
         raise SchemaError("a trajectory batch must hold exactly one group")
 
@@ -118,14 +185,21 @@ def decode_batch(data: bytes) -> pa.RecordBatch:
 
 
 def _upgrade(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A batch from an older sender, without the columns added since (``is_baseline``,
-    ``attempt``), gets them with their defaults; anything else is left for validation to judge."""
+    """A batch from an older sender, without columns added since (``is_baseline``, ``attempt``, the
+    multi-turn ones), gets them with their defaults (per-token ones derived per row); anything else
+    is left for validation to judge."""
     missing = [f for f in TRAJECTORY_SCHEMA if f.name not in batch.schema.names]
-    if not missing or any(f.name not in _DEFAULTS for f in missing):
+    if not missing or any(f.name not in _DEFAULTS and f.name not in _PER_ROW for f in missing):
         return batch
     cols = {name: batch.column(name) for name in batch.schema.names}
+    if any(f.name in _PER_ROW for f in missing):
+        try:
+            derived = _derived(cols["response_token_ids"], cols["policy_version"])
+        except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):
+            return batch  # not our columns: the schema check names them
     for f in missing:
-        cols[f.name] = pa.array([_DEFAULTS[f.name]] * batch.num_rows, f.type)
+        cols[f.name] = derived[f.name] if f.name in _PER_ROW else pa.array([_DEFAULTS[f.name]] * batch.num_rows,
+                                                                             f.type)
     if set(cols) != set(TRAJECTORY_SCHEMA.names):
         return batch  # foreign columns too: the schema check names them
     return pa.RecordBatch.from_arrays([cols[n] for n in TRAJECTORY_SCHEMA.names], schema=TRAJECTORY_SCHEMA)

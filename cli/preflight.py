@@ -1,5 +1,5 @@
 """Pre-flight checks of ``asyncrl up``: fail before any process starts when the model, data,
-reward function, teacher, placement or transport keys are unusable.
+reward function, environment, teacher, placement or transport keys are unusable.
 
 It lives next to the CLI (not in ``asyncrl/``) because it reaches into the process packages
 (reward functions, checkpoints): ``asyncrl/`` holds contracts and never imports them.
@@ -26,6 +26,10 @@ def check_inputs(cfg: RunConfig) -> None:
             get_reward_fn(cfg.reward.function)
         except Exception as e:  # unknown name, import error, missing attribute
             raise DataError(f"reward.function: {e}") from None
+    if cfg.environment.name is not None:
+        from rollout.episode import load_environment_class
+
+        load_environment_class(cfg.environment.name)  # DataError naming environment.name
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
     require_model_dir(cfg.model.path, "model.path")

@@ -180,7 +180,7 @@ class Trainer:
         adv, returns = get_estimator(a.advantage)(
             rewards, ro.mask, index=ro.index, values=values, baselines=ro.baselines, gamma=a.gamma,
             lam=a.lam, norm_by_std=a.norm_adv_by_std, eps=a.adv_eps)
-        sw, skeep = staleness_weights(ro.staleness, lr.max_staleness, a.stale_policy)
+        sw, skeep = staleness_weights(ro.staleness_grid(), lr.max_staleness, a.stale_policy)  # [N, T]
         pb = PreparedBatch(ro, adv, returns, ref, values, old, sw, skeep)
         minis = mini_batches(ro.index, lr.ppo_mini_batches)
         updates = [self._update(pb, members) for _ in range(lr.ppo_epochs) for members in minis]
@@ -263,7 +263,7 @@ class Trainer:
         old = self._old(pb, idx, lp, beh)
         w, keep, metrics = correction(old, beh, mask, mode=a.correction, cap=a.is_cap, lower=a.is_lower,
                                       upper=a.is_upper, mis_ratio=a.mis_ratio, decoupled_filter=a.decoupled_filter)
-        w, keep = w * pb.stale_weights[idx].to(dev).unsqueeze(1), keep * pb.stale_keep[idx].to(dev).unsqueeze(1)
+        w, keep = w * pb.stale_weights[idx].to(dev), keep * pb.stale_keep[idx].to(dev)
         adv = pb.adv[idx].to(dev)
         loss, pm = get_policy_loss(a.loss)(lp, old, adv, keep, is_weights=w, agg_mode=a.loss_agg_mode,
                                            clip_low=a.clip_low, clip_high=a.clip_high, clip_c=a.clip_c)

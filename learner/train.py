@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from asyncrl.config import RunConfig, dump_config
+from asyncrl.config import EnvironmentSection, RunConfig, dump_config
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
 from asyncrl.transport import make_transport
@@ -36,11 +37,18 @@ from learner.step import Trainer
 log = logging.getLogger("learner")
 
 
-def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[TokenizedPrompt], int]:
-    """Chat-templated prompt token ids; prompts longer than ``max_tokens`` are dropped (counted)."""
+def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int,
+                     environment: EnvironmentSection | None = None) -> tuple[list[TokenizedPrompt], int]:
+    """Chat-templated prompt token ids; prompts longer than ``max_tokens`` are dropped (counted).
+
+    With an ``[environment]``, its tools are rendered into each prompt the way the model's chat
+    template takes them (``tools=``, or the parser's instructions in the system prompt where the
+    template ignores them; :func:`envs.render.render_prompt`)."""
+    render = _tool_renderer(environment)
     out, dropped = [], 0
     for row in load_prompts(path):
-        ids = tokenizer.apply_chat_template(row.messages, add_generation_prompt=True, tokenize=True)
+        ids = render(tokenizer, row.messages) if render is not None else tokenizer.apply_chat_template(
+            row.messages, add_generation_prompt=True, tokenize=True)
         if not isinstance(ids, list):  # transformers may return a BatchEncoding
             ids = ids["input_ids"]
         if len(ids) > max_tokens:
@@ -48,6 +56,17 @@ def tokenize_prompts(path: Any, tokenizer: Any, max_tokens: int) -> tuple[list[T
             continue
         out.append(TokenizedPrompt(row.prompt_id, [int(i) for i in ids], row.data_source, row.ground_truth))
     return out, dropped
+
+
+def _tool_renderer(environment: EnvironmentSection | None) -> Callable[[Any, list], list[int]] | None:
+    """``(tokenizer, messages) -> prompt ids`` with the environment's tools; None without one."""
+    if environment is None or environment.name is None:
+        return None
+    from envs.registry import load_environment
+    from envs.render import render_prompt
+
+    tools, parser = list(load_environment(environment.name).tools), environment.tool_parser  # checked in preflight
+    return lambda tokenizer, messages: render_prompt(tokenizer, messages, tools, parser)
 
 
 class LearnerRank:
@@ -126,12 +145,12 @@ class Learner(LearnerRank):
     def __init__(self, cfg: RunConfig) -> None:
         cfg.run.dir.mkdir(parents=True, exist_ok=True)
         super().__init__(cfg)
-        train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens)
+        train, dropped = tokenize_prompts(cfg.data.train, self.tokenizer, cfg.data.max_prompt_tokens, cfg.environment)
         log.info("%d training prompts (%d dropped as longer than %d tokens)", len(train), dropped,
                  cfg.data.max_prompt_tokens)
         val: list[TokenizedPrompt] = []
         if cfg.data.test is not None:
-            val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens)
+            val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens, cfg.environment)
             val = val[:cfg.learner.val_prompts]
         self.orchestrator = Orchestrator(cfg, train, val, make_transport(cfg.transport),
                                          sync_source(self.model, self.ranks))

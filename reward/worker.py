@@ -5,6 +5,11 @@ worker, round-robin), PUSH to the learner's ``transport.trajectories``. Rewards 
 child process with a timeout (:class:`reward.safe_call.SafeRewardCaller`): a function
 that raises, hangs or returns garbage yields 0 with ``reward_error`` set, and the worker
 keeps going. Malformed messages are dropped, counted and logged.
+
+Multi-turn episodes (``[environment]``): where the generator filled ``env_reward`` (the
+environment's turn rewards plus its final reward), that is the row's reward as it is, whatever
+``reward.type`` says; the reward function or model scores only the rows without one (an
+environment whose ``final_reward`` returns None), on the whole transcript (``response_text``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,20 @@ class RewardWorker:
         return self.cfg.reward.function or default_reward_name(data_source)
 
     def score(self, batch: pa.RecordBatch) -> tuple[list[float], list[str | None]]:
+        """The environment's reward where the row has one; the rest scored by :meth:`score_rows`."""
+        env = batch.column("env_reward")
+        if env.null_count == batch.num_rows:
+            return self.score_rows(batch)
+        rewards: list[float] = env.to_pylist()
+        errors: list[str | None] = [None] * batch.num_rows
+        todo = [i for i, x in enumerate(rewards) if x is None]
+        if todo:
+            scored, errs = self.score_rows(batch.take(pa.array(todo)))
+            for i, x, e in zip(todo, scored, errs):
+                rewards[i], errors[i] = x, e
+        return [float(x) for x in rewards], errors
+
+    def score_rows(self, batch: pa.RecordBatch) -> tuple[list[float], list[str | None]]:
         """Function rewards, model scores, or their weighted sum (reward.type)."""
         r = self.cfg.reward
         rewards: list[float] = [0.0] * batch.num_rows

@@ -21,6 +21,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asyncrl import messages
@@ -28,6 +29,7 @@ from asyncrl.config import RunConfig
 from asyncrl.hardware import resolve_dtype
 from asyncrl.transport import AsyncClient, AsyncSender, DropCounter, Transport, make_transport
 from asyncrl.transport.items import PromptItem, ScoredGroup, decode_prompts
+from rollout.episode import Episode, EpisodeLimits, EpisodeRunner, load_environment_class
 from rollout.stats import GeneratorStats
 from rollout.weights import WeightReceiver, WeightsRejected
 
@@ -48,7 +50,7 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
     dtype: Any = resolve_dtype(r.dtype)  # a name vLLM accepts ("float32", "bfloat16", ...)
     args = AsyncEngineArgs(
         model=str(cfg.model.path), dtype=dtype, seed=seed, enforce_eager=r.enforce_eager,
-        max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens,
+        max_model_len=r.max_model_len or cfg.sequence_tokens,
         gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
         # one process per TP worker (vLLM's default for TP on one host; explicit so CPU does the same)
         distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
@@ -82,6 +84,8 @@ class Generator:
         self.tokens_done = 0
         self.stopping = False
         self.failure: BaseException | None = None
+        self.episodes: EpisodeRunner | None = None  # multi-turn episodes ([environment] set)
+        self.tool_pool: ThreadPoolExecutor | None = None
         self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
         self.identity = f"gen-{index}"
         self.last_heard = time.monotonic()  # from the learner
@@ -93,8 +97,11 @@ class Generator:
     async def start(self, transport: Transport | None = None) -> None:
         """Build the engine (unless one was set), connect (``transport``: default from the config), say hello."""
         cfg = self.cfg
+        env_cls = load_environment_class(cfg.environment.name) if cfg.environment.name else None
         if self.engine is None:
             self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
+        if env_cls is not None:
+            self.episodes = self._episode_runner(env_cls)
         self.weights = WeightReceiver(cfg, self.engine, self.identity, self.index, self._send, self._await_message)
         self.transport = transport or make_transport(cfg.transport)
         self.control = self.transport.aclient(cfg.transport.dispatch, self.identity.encode())
@@ -103,6 +110,19 @@ class Generator:
         self.last_heard = time.monotonic()  # the learner's silence counts from the first hello
         self.heartbeat = asyncio.create_task(self._heartbeats())
         log.info("generator %d ready; the learner sends weights before prompts", self.index)
+
+    def _episode_runner(self, env_cls: type) -> EpisodeRunner:
+        """The episode loop for ``[environment]`` runs: the parser, the tokenizer for observations, a
+        thread pool so environment steps never block generation."""
+        from transformers import AutoTokenizer
+
+        from envs.parsers import get_parser
+
+        cfg = self.cfg
+        self.tool_pool = ThreadPoolExecutor(cfg.environment.tool_threads, thread_name_prefix=f"env-g{self.index}")
+        return EpisodeRunner(self.engine, env_cls, get_parser(cfg.environment.tool_parser),
+                             AutoTokenizer.from_pretrained(cfg.model.path), EpisodeLimits.from_config(cfg),
+                             top_p=cfg.sampling.top_p, version=lambda: self.version, executor=self.tool_pool)
 
     async def _hello(self) -> None:
         await self._send("hello", generator=self.index, version=self.version)
@@ -182,6 +202,9 @@ class Generator:
             self.failure = task.exception()
 
     async def _generate_group(self, item: PromptItem) -> None:
+        if self.episodes is not None:
+            await self._generate_episodes(item, self.episodes)
+            return
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -206,6 +229,30 @@ class Generator:
         if len(outputs) > 1:
             rows.append({**self._row(item, outputs[1].outputs[0], version, start),
                          "sample_index": item.n, "is_baseline": True})
+        await self._push(rows)
+
+    async def _generate_episodes(self, item: PromptItem, runner: EpisodeRunner) -> None:
+        """``item.n`` episodes (and a greedy one for ReMax), each its own requests and environment
+        object, all concurrent (rollout/episode.py)."""
+        version, start = self.version, time.time()
+        self.stats.begin()
+        rid = f"g{self.index}-{item.group_id}"
+        runs = [runner.run(item, i, item.temperature, f"{rid}-s{i}") for i in range(item.n)]
+        if item.greedy_baseline:
+            runs.append(runner.run(item, item.n, 0.0, f"{rid}-greedy"))
+        episodes: list[Episode] = []
+        try:
+            episodes = await asyncio.gather(*runs)
+        finally:
+            self.stats.end(len(episodes), sum(sum(e.loss_mask) for e in episodes))
+        base = self._item_row(item, start)
+        rows = [{**base, **ep.row(item, i, version, self.version)} for i, ep in enumerate(episodes)]
+        if item.greedy_baseline:
+            rows[-1]["is_baseline"] = True
+        await self._push(rows)
+
+    async def _push(self, rows: list[dict[str, Any]]) -> None:
+        """One group to the reward workers, then one credit back to the learner."""
         group = ScoredGroup.from_rows(rows)
         await self.out.send(group.to_wire())
         self.groups_done += 1
@@ -223,13 +270,19 @@ class Generator:
     def _row(self, item: PromptItem, comp: Any, version: int, start: float) -> dict[str, Any]:
         ids = list(comp.token_ids)
         return {
-            "prompt_id": item.prompt_id, "group_id": item.group_id, "sample_index": comp.index,
-            "attempt": item.attempt, "split": item.split, "data_source": item.data_source,
-            "ground_truth": item.ground_truth, "prompt_token_ids": item.prompt_token_ids,
+            **self._item_row(item, start), "sample_index": comp.index,
             "response_token_ids": ids, "behaviour_logprobs": sampled_logprobs(ids, comp.logprobs),
             "response_text": comp.text, "finish_reason": str(comp.finish_reason),
             "policy_version": version, "policy_version_end": self.version,
-            "generator_index": self.index, "gen_start_time": start, "gen_end_time": time.time(),
+        }
+
+    def _item_row(self, item: PromptItem, start: float) -> dict[str, Any]:
+        """The columns every row of ``item``'s group shares."""
+        return {
+            "prompt_id": item.prompt_id, "group_id": item.group_id, "attempt": item.attempt, "split": item.split,
+            "data_source": item.data_source, "ground_truth": item.ground_truth,
+            "prompt_token_ids": item.prompt_token_ids, "generator_index": self.index, "gen_start_time": start,
+            "gen_end_time": time.time(),
         }
 
     async def _apply_sync(self, msg: dict[str, Any]) -> None:
@@ -268,6 +321,8 @@ class Generator:
             t.cancel()
         if self.engine is not None:
             self.engine.shutdown()
+        if self.tool_pool is not None:
+            self.tool_pool.shutdown(wait=False, cancel_futures=True)
         if self.transport is not None:
             self.transport.close(linger_s=0)
 

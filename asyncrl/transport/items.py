@@ -98,10 +98,12 @@ class ScoredGroup:
             schema.validate_batch(batch)
         self.batch = batch
         first = {name: batch.column(name)[0].as_py() for name in
-                 ("group_id", "prompt_id", "policy_version", "split", "attempt", "generator_index")}
+                 ("group_id", "prompt_id", "split", "attempt", "generator_index")}
         self.group_id: int = first["group_id"]
         self.prompt_id: int = first["prompt_id"]
-        self.policy_version: int = first["policy_version"]  # weights version when generation started
+        # the oldest weights version of any row: an episode counts by its oldest token, a group by
+        # its oldest row (staleness admission and drops read this)
+        self.policy_version: int = int(pc.min(batch.column("policy_version")).as_py())
         self.split: str = first["split"]
         self.attempt: int = first["attempt"]
         self.generator_index: int = first["generator_index"]
@@ -182,6 +184,22 @@ class ScoredGroup:
     def response_token_ids(self) -> list[list[int]]:
         return self._trained.column("response_token_ids").to_pylist()
 
+    @cached_property
+    def env_rewards(self) -> np.ndarray:
+        """``[num_samples]`` float32 environment rewards, NaN where the environment gave none."""
+        return pc.fill_null(self._trained.column("env_reward"), float("nan")).to_numpy(zero_copy_only=False)
+
+    def episode_stats(self) -> dict[str, np.ndarray]:
+        """``[num_samples]`` per-episode arrays: ``num_turns``, ``num_tool_calls``, ``tool_errors``
+        (int32) and ``tool_time_s`` (float32); single-turn rows read 1, 0, 0, 0."""
+        return {name: self._trained.column(name).to_numpy(zero_copy_only=False)
+                for name in ("num_turns", "num_tool_calls", "tool_errors", "tool_time_s")}
+
+    @cached_property
+    def trained_tokens(self) -> int:
+        """Loss-mask-1 tokens of the trained samples (the model's own tokens, no observations)."""
+        return int(pc.sum(self._trained.column("loss_mask").flatten()).as_py() or 0)
+
     def behaviour_logprobs(self, width: int | None = None) -> tuple[Tensor, Tensor]:
         """``([num_samples, T], [num_samples, T])`` float32: behaviour log-probs left-aligned on
         response tokens (0 past each end) and the response mask; ``T = width`` or the longest."""
@@ -190,18 +208,34 @@ class ScoredGroup:
 
 def behaviour_grid(groups: Sequence[ScoredGroup], width: int | None = None) -> tuple[Tensor, Tensor]:
     """The trained samples of ``groups``, in order, as ``[N, T]`` behaviour log-probs and mask
-    (float32; ``T = width`` or the longest response, at least 1), built from Arrow buffers."""
+    (float32; ``T = width`` or the longest response, at least 1), built from Arrow buffers.
+    The mask covers the whole response region (observation tokens included): the loss mask is
+    :func:`token_grid` of ``loss_mask``."""
     import torch
 
-    lengths = np.concatenate([g.response_lengths for g in groups]).astype(np.int64) if groups else np.zeros(0, int)
-    flat = [g._trained.column("behaviour_logprobs").flatten().to_numpy(zero_copy_only=False) for g in groups]
-    values = np.concatenate(flat).astype(np.float32, copy=False) if flat else np.zeros(0, np.float32)
+    beh = token_grid(groups, "behaviour_logprobs", width, np.float32)
+    lengths = _lengths(groups)
+    mask = (np.arange(beh.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
+    return torch.from_numpy(beh), torch.from_numpy(mask)
+
+
+def _lengths(groups: Sequence[ScoredGroup]) -> np.ndarray:
+    return np.concatenate([g.response_lengths for g in groups]).astype(np.int64) if groups else np.zeros(0, np.int64)
+
+
+def token_grid(groups: Sequence[ScoredGroup], column: str, width: int | None = None,
+               dtype: type = np.float32, fill: float = 0) -> np.ndarray:
+    """A per-token list column (``behaviour_logprobs``, ``loss_mask``, ``token_versions``) of the
+    trained samples of ``groups`` as an ``[N, T]`` array left-aligned on response tokens, ``fill``
+    past each end (``T = width`` or the longest response, at least 1), from Arrow buffers."""
+    lengths = _lengths(groups)
+    flat = [g._trained.column(column).flatten().to_numpy(zero_copy_only=False) for g in groups]
+    values = np.concatenate(flat).astype(dtype, copy=False) if flat else np.zeros(0, dtype)
     T = max(1, int(lengths.max(initial=0))) if width is None else width
     if lengths.size and lengths.max() > T:
-        raise ValueError(f"behaviour_grid: width {T} < longest response {int(lengths.max())}")
+        raise ValueError(f"token_grid: width {T} < longest response {int(lengths.max())}")
     rows = np.repeat(np.arange(len(lengths)), lengths)
     cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    beh = np.zeros((len(lengths), T), np.float32)
-    beh[rows, cols] = values
-    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
-    return torch.from_numpy(beh), torch.from_numpy(mask)
+    grid: np.ndarray = np.full((len(lengths), T), fill, dtype)
+    grid[rows, cols] = values
+    return grid

@@ -168,9 +168,11 @@ def _metrics(log_r: Tensor, m: Tensor, seq_level: bool, rejected: Tensor, clippe
 
 
 def staleness_weights(staleness: Tensor, max_staleness: int, policy: str) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(weights [B], keep [B])`` float for samples older than ``max_staleness``.
+    """``(weights, keep)`` float, shaped like ``staleness``, for samples (or tokens) older than ``max_staleness``.
 
-    ``staleness``: ``[B]`` learner version minus the weights version that generated it.
+    ``staleness``: ``[B]`` or ``[B, T]`` learner version minus the weights version that generated
+    each sample or token (the learner passes per-token ``[B, T]``: a multi-turn episode's turns can
+    come from different versions, learner/rollouts.py).
 
     * ``drop``: ``keep = 0`` where ``staleness > max_staleness`` (weights stay 1). Simple,
       unbiased on the kept data, but wastes generation.

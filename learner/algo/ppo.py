@@ -56,8 +56,8 @@ class PreparedBatch:
     ref: Tensor | None
     values: Tensor | None
     old: Tensor | None
-    stale_weights: Tensor  # [N]
-    stale_keep: Tensor     # [N]
+    stale_weights: Tensor  # [N, T] per token (a sync mid-episode gives one sample tokens of two versions)
+    stale_keep: Tensor     # [N, T]
 
 
 def mini_batches(index: Tensor, n: int) -> list[list[int]]:

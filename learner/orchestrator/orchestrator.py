@@ -166,7 +166,8 @@ class Orchestrator:
         with self._state.cond:
             counters = Counters(**self.counters.as_dict())
         io = IOTotals(messages_dropped=p.drops.total, transport_s=p.transport_s, bytes_in=p.bytes_in)
-        return step_record(step, self.version, groups, times, counters, io, worker_restarts(self.cfg.run.dir), stats)
+        return step_record(step, self.version, groups, times, counters, io, worker_restarts(self.cfg.run.dir), stats,
+                           episodes=self.cfg.environment.name is not None)
 
     # ---- checkpoints ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from asyncrl.transport.items import ScoredGroup
 from learner.orchestrator.batches import staleness
 from learner.orchestrator.counters import Counters
@@ -41,11 +43,12 @@ class IOTotals:
 
 
 def step_record(step: int, version: int, groups: list[ScoredGroup], times: StepTimes, counters: Counters,
-                io: IOTotals, worker_restarts: int, stats: dict[str, Any]) -> dict[str, Any]:
-    """One step's record: the batch's rewards/tokens/staleness, throughput, the counters, ``stats``."""
+                io: IOTotals, worker_restarts: int, stats: dict[str, Any], episodes: bool = False) -> dict[str, Any]:
+    """One step's record: the batch's rewards/tokens/staleness, throughput, the counters, ``stats``;
+    with ``episodes`` (an ``[environment]`` run) also :func:`episode_record`."""
     rewards = [float(r) for g in groups for r in g.rewards]  # trained samples (no greedy baseline)
     samples = len(rewards)
-    tokens = sum(g.response_tokens for g in groups)
+    tokens = sum(g.trained_tokens for g in groups)  # the model's own tokens (observations are not trained)
     stale = staleness(groups, times.trained_at)
     versions = [g.policy_version for g in groups]
     step_s = max(times.step_s, 1e-9)
@@ -67,7 +70,27 @@ def step_record(step: int, version: int, groups: list[ScoredGroup], times: StepT
         "sync_failures": c.sync_failures,
         "worker_restarts": worker_restarts,
         "transport_s_total": io.transport_s, "trajectory_mb_total": io.bytes_in / 2**20,
+        **(episode_record(groups) if episodes else {}),
         **stats,
+    }
+
+
+def episode_record(groups: list[ScoredGroup]) -> dict[str, float]:
+    """Multi-turn episode metrics of a batch (its trained samples): turns, tool calls, tool errors and
+    tool time per episode, totals, the episode reward and the observation tokens (not trained)."""
+    per = [g.episode_stats() for g in groups]
+    cat = {k: np.concatenate([p[k] for p in per]).astype(np.float64) for k in per[0]} if per else {}
+    n = max(1, len(cat.get("num_turns", [])))
+    rewards = np.concatenate([g.rewards for g in groups]) if groups else np.zeros(0)
+    trained = sum(g.trained_tokens for g in groups)
+    return {
+        "turns_mean": float(cat["num_turns"].sum() / n) if cat else 0.0,
+        "tool_calls_mean": float(cat["num_tool_calls"].sum() / n) if cat else 0.0,
+        "tool_calls_total": float(cat["num_tool_calls"].sum()) if cat else 0.0,
+        "tool_errors_total": float(cat["tool_errors"].sum()) if cat else 0.0,
+        "tool_time_s_mean": float(cat["tool_time_s"].sum() / n) if cat else 0.0,
+        "episode_reward_mean": float(rewards.mean()) if rewards.size else 0.0,
+        "observation_tokens": float(sum(int(g.response_lengths.sum()) for g in groups) - trained),
     }
 
 
