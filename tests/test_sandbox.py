@@ -5,6 +5,7 @@ sandbox drops to a per-run uid); every run here is a real jail with real namespa
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -77,19 +78,21 @@ def test_no_network_even_to_a_listening_local_socket() -> None:
     assert result.exit_code == 1 and "Network is unreachable" in result.stderr
 
 
-def test_no_user_namespace_or_keyring_but_threads_and_subprocesses_work() -> None:
-    """The seccomp filter: a user namespace (where the program would be "root") and keyctl are refused;
-    threads (clone3 answers ENOSYS, glibc falls back to clone), fork and subprocess still work."""
-    code = ("import ctypes, os, subprocess, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+def test_no_user_namespace_keyring_or_vsock_but_threads_and_subprocesses_work() -> None:
+    """The seccomp filter: a user namespace (where the program would be "root"), keyctl and an AF_VSOCK
+    socket (not confined by the network namespace) are refused; threads (clone3 answers ENOSYS, glibc falls
+    back to clone), fork and subprocess still work."""
+    code = ("import ctypes, errno, os, socket, subprocess, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
             "print(libc.syscall(250 if os.uname().machine == 'x86_64' else 219, 0, -3, 0), ctypes.get_errno())\n"
+            "try:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\nexcept OSError as e:\n    print(e.errno)\n"
             "t = threading.Thread(target=print, args=('thread',))\nt.start()\nt.join()\n"
             "print(subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout, end='')")
     result = run_python(code, limits=SMALL)
     if not result.isolation["seccomp"]:
         pytest.skip(f"no seccomp filter for {os.uname().machine}")
     assert result.ok, result
-    assert result.stdout.splitlines() == ["-1 1", "-1 1", "thread", "child"]
+    assert result.stdout.splitlines() == ["-1 1", "-1 1", str(errno.EAFNOSUPPORT), "thread", "child"]
 
 
 def test_fork_bomb_is_contained() -> None:
