@@ -9,7 +9,7 @@ surface an unprivileged user otherwise has, and that a program under test has no
   namespace confines): ``EAFNOSUPPORT``. ``AF_VSOCK`` in particular is not confined by a network namespace
   on most kernels, and on a VM it reaches the hypervisor's host;
 * ``setns``, the keyring calls (``keyctl``, ``add_key``, ``request_key``), ``bpf``, ``perf_event_open``,
-  ``userfaultfd``, ``io_uring_setup``: ``EPERM``;
+  ``userfaultfd``, ``io_uring_setup``, ``syslog`` (the kernel log): ``EPERM``;
 * on x86-64 the x32 syscall numbers (a known way around filters): ``ENOSYS``; another architecture in the
   audit field: the process is killed.
 
@@ -30,14 +30,15 @@ NR_OFFSET, ARCH_OFFSET, ARG0_OFFSET = 0, 4, 16  # struct seccomp_data; arg0's lo
 CLONE_NEWUSER = 0x10000000
 SOCKET_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 X32_BIT = 0x40000000
-DENIED = ("setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup")
+DENIED = ("setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+          "syslog")
 ARCHES = {  # uname machine: (AUDIT_ARCH_*, syscall numbers)
     "x86_64": (0xC000003E, {"socket": 41, "clone": 56, "unshare": 272, "clone3": 435, "setns": 308, "keyctl": 250,
                             "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
-                            "userfaultfd": 323, "io_uring_setup": 425}),
+                            "userfaultfd": 323, "io_uring_setup": 425, "syslog": 103}),
     "aarch64": (0xC00000B7, {"socket": 198, "clone": 220, "unshare": 97, "clone3": 435, "setns": 268, "keyctl": 219,
                              "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
-                             "userfaultfd": 282, "io_uring_setup": 425}),
+                             "userfaultfd": 282, "io_uring_setup": 425, "syslog": 116}),
 }
 
 
