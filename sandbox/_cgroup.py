@@ -1,8 +1,9 @@
 """A memory cgroup per run, where the host lets us make one (stdlib only; used by the jail and the caller).
 
 ``RLIMIT_AS`` caps each process, so a run of ``max_procs`` processes could use ``max_procs x memory_mb``.
-A cgroup caps them together: the jail joins a child of its own memory cgroup (v1 ``memory`` hierarchy, or
-v2 where the ``memory`` controller is delegated) before it forks, so every process of the run is in it;
+A cgroup caps them together: the jail makes a child of its own memory cgroup (v1 ``memory`` hierarchy, or
+v2 where the ``memory`` controller is delegated) and moves its inner process into it before that one
+forks the program, so every process of the run is in it;
 past the limit the kernel's OOM killer kills inside the run only. The caller removes the cgroup once the
 jail has exited (moving the jail out first would cost a second task migration, ~10 ms on cgroup v1).
 Best effort: where no cgroup can be made the run goes on with the per-process limits alone and
@@ -53,8 +54,8 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def join(limit_mb: int) -> str | None:
-    """Make this process's run cgroup with ``limit_mb`` (+ slack), move this process into it; its path."""
+def create(limit_mb: int) -> str | None:
+    """Make the run's cgroup (named after this process) with ``limit_mb`` (+ slack); its path, or None."""
     parent = _parent(os.getpid())
     if parent is None:
         return None
@@ -71,11 +72,19 @@ def join(limit_mb: int) -> str | None:
             _write(f"{path}/memory.max", limit)
             if os.path.exists(f"{path}/memory.swap.max"):
                 _write(f"{path}/memory.swap.max", "0")
-        _write(f"{path}/cgroup.procs", str(os.getpid()))
     except OSError:
         remove(path)
         return None
     return path
+
+
+def add(path: str, pid: int) -> bool:
+    """Move ``pid`` into the run's cgroup (its future children follow); whether that worked."""
+    try:
+        _write(f"{path}/cgroup.procs", str(pid))
+    except OSError:
+        return False
+    return True
 
 
 def oom_killed(path: str) -> bool:

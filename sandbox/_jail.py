@@ -3,9 +3,9 @@ interpreter (``python -I -S``, this directory appended to ``sys.path``), as root
 (marshal) on stdin and a status pipe whose fd number the spec names. Three processes, so that the
 program is never PID 1 and never root:
 
-* outer: reads the spec, ``unshare``\\ s the network, PID, IPC and UTS namespaces, joins the run's memory
-  cgroup (:mod:`_cgroup`), forks the inner process and waits for it, then reports OOM kills. It stays
-  outside the new PID and mount namespaces, so the caller can kill it.
+* outer: reads the spec, ``unshare``\\ s the network, PID, IPC and UTS namespaces, makes the run's memory
+  cgroup (:mod:`_cgroup`), forks the inner process, moves it into the cgroup and waits for it, then
+  reports OOM kills. It stays outside the new PID and mount namespaces, so the caller can kill it.
 * inner: PID 1 of the new PID namespace, still root. Unshares the mount namespace (``pivot_root`` moves
   the root of every process in it, so the outer one must not share it), builds the minimal file tree
   (:mod:`_rootfs`), forks the program, reaps every child, enforces the wall-clock timeout, writes its
@@ -192,7 +192,7 @@ def _wait(pid: int, start: float, timeout_s: float) -> dict[str, Any]:
             os.read(wake_r, 4096)
 
 
-def _inner(spec: dict[str, Any], isolation: dict[str, bool], stdin_fd: int) -> None:
+def _inner(spec: dict[str, Any], isolation: dict[str, bool], stdin_fd: int, go_r: int) -> None:
     """The namespace's PID 1: set up the file tree, run the program, report, exit (which kills the rest)."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -209,6 +209,7 @@ def _inner(spec: dict[str, Any], isolation: dict[str, bool], stdin_fd: int) -> N
             _rootfs.build(spec, WORKDIR)
         else:
             workdir = _rootfs.host_workdir(spec)
+        isolation["memory_cgroup"] = os.read(go_r, 1) == b"1"  # the outer one has moved us (or failed to)
         _status({"isolation": isolation})
         pid, start = _fork_program(spec, stdin_fd, workdir)
         result = _wait(pid, start, spec["limits"]["timeout_s"])
@@ -238,14 +239,23 @@ def main() -> None:
     isolation["unprivileged_user"] = spec["drop"]
     isolation["seccomp"] = _seccomp.program(os.uname().machine) is not None
     _oom_score_adj("-1000")  # a run over its cgroup limit should lose a program process, not the jail
-    cgroup = _cgroup.join(spec["limits"]["memory_mb"] + spec["scratch_mb"])
-    isolation["memory_cgroup"] = cgroup is not None
+    cgroup = _cgroup.create(spec["limits"]["memory_mb"] + spec["scratch_mb"])
+    go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            _inner(spec, isolation, stdin_fd)
+            os.close(go_w)
+            _inner(spec, isolation, stdin_fd, go_r)
         finally:
             os._exit(0)
+    os.close(go_r)
+    # the migration waits for an RCU grace period (~10 ms on cgroup v1): the inner one builds its tree meanwhile
+    joined = cgroup is not None and _cgroup.add(cgroup, pid)
+    try:  # noqa: SIM105 - contextlib would cost the jail's start-up an import
+        os.write(go_w, b"1" if joined else b"0")
+    except BrokenPipeError:  # the inner one gave up before (a refused namespace): its status says why
+        pass
+    os.close(go_w)
     _, status = os.waitpid(pid, 0)
     if cgroup is not None and _cgroup.oom_killed(cgroup):  # the caller removes the cgroup after we exit
         _status({"oom_kill": True})
