@@ -5,7 +5,9 @@ trajectory rows it makes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,12 +44,13 @@ def _item(ids: list[int], n: int, seed: int | None = 123) -> PromptItem:
 
 
 def _runner(engine: Any, tokenizer: Any, env_cls: type, pool: ThreadPoolExecutor, *, turns: int = 3,
-            total: int = 400, per_turn: int = 8, tool_s: float = 30.0) -> EpisodeRunner:
+            total: int = 400, per_turn: int = 8, tool_s: float = 30.0,
+            version: Callable[[], int] = lambda: Versioned.clock["v"]) -> EpisodeRunner:
     from envs.parsers import get_parser
 
     limits = EpisodeLimits(turns, total, per_turn, tool_s)
-    return EpisodeRunner(engine, env_cls, get_parser("hermes"), tokenizer, limits, top_p=1.0,
-                         version=lambda: Versioned.clock["v"], executor=pool)
+    return EpisodeRunner(engine, env_cls, get_parser("hermes"), tokenizer, limits, top_p=1.0, version=version,
+                         executor=pool)
 
 
 def _check_gaps(ep: Episode, tokenizer: Any, messages: list[dict[str, str]] | None) -> None:
@@ -105,6 +108,9 @@ def test_episodes_on_vllm(tiny_model_dir: Path) -> None:
             out["short"] = await short.run(item, 0, 1.0, "d-s0")
             out["slow"] = await _runner(engine, tok, Sleepy, pool, tool_s=0.6).run(item, 0, 1.0, "e-s0")
             out["broken"] = await _runner(engine, tok, Broken, pool).run(item, 0, 1.0, "f-s0")
+            ticks = itertools.count()  # a version that moves on at every read: a sync landing mid-turn
+            out["ticking"] = await _runner(engine, tok, SlowTool, pool, turns=1, per_turn=12,
+                                           version=lambda: next(ticks)).run(item, 0, 1.0, "g-s0")
         finally:
             engine.shutdown()
         return out
@@ -146,6 +152,8 @@ def test_episodes_on_vllm(tiny_model_dir: Path) -> None:
     # the tool-time budget: the step that overran ends the episode and counts as an error
     slow: Episode = out["slow"]
     assert slow.num_turns == 2 and slow.finish_reason == "tool_time" and slow.tool_errors == 1
+    ticking: Episode = out["ticking"]  # every streamed delta is stamped when it arrives
+    assert len(set(ticking.versions)) > 1 and ticking.versions == sorted(ticking.versions)
     broken: Episode = out["broken"]
     assert broken.num_turns == 1 and broken.finish_reason == "env_error" and "broken environment" in \
         broken.tool_calls[-1]["error"]
@@ -182,3 +190,23 @@ def test_episode_row_is_a_valid_gapped_trajectory() -> None:
     assert json.loads(b.column("tool_calls")[0].as_py())[0]["name"] == "calculator"
     stats = g.episode_stats()
     assert stats["num_turns"].tolist() == [2] and stats["num_tool_calls"].tolist() == [1]
+
+
+@pytest.mark.parametrize(("spec", "says"), [("no_such_env", "no_such_env"),
+                                           ("tests/envs_for_tests.py:Missing", "Missing")])
+def test_up_refuses_a_bad_environment_with_exit_2(tiny_model_dir: Path, tmp_path: Path, spec: str, says: str) -> None:
+    """Pre-flight loads the environment class before any process starts."""
+    import subprocess
+    import sys
+
+    from cli.data.arith_tools import write_arith_tools
+    from tests.e2e import REPO
+
+    write_arith_tools(tmp_path / "data", n_train=8, n_test=2, seed=0)
+    sets = [f"model.path={tiny_model_dir}", f"data.train={tmp_path / 'data/train.parquet'}",
+            f"data.test={tmp_path / 'data/test.parquet'}", f"environment.name={spec}"]
+    argv = [sys.executable, "-m", "cli.main", "up", str(REPO / "configs/tiny_cpu_tools.toml"), "--dry-run",
+            "--run-dir", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "environment.name" in res.stderr and says in res.stderr
