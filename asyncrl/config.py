@@ -368,6 +368,10 @@ class RunConfig(_Section):
         if total <= self.data.max_prompt_tokens:
             raise ValueError(f"environment.max_total_tokens={total} leaves no room for a reply after a prompt of "
                              f"up to data.max_prompt_tokens={self.data.max_prompt_tokens}")
+        if self.algorithm.overlong_buffer:
+            raise ValueError("algorithm.overlong_buffer with environment.name: DAPO's overlong penalty measures one "
+                             "reply against sampling.max_new_tokens; an episode's turns are limited by "
+                             "environment.max_total_tokens and max_new_tokens_per_turn instead")
         if self.rollout.max_model_len is not None and total > self.rollout.max_model_len:
             raise ValueError(f"environment.max_total_tokens={total} exceeds rollout.max_model_len="
                              f"{self.rollout.max_model_len}: the generators could not hold a whole episode")

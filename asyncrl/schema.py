@@ -95,6 +95,8 @@ TRAJECTORY_SCHEMA = pa.schema([
     pa.field("tool_calls", pa.string(), nullable=False),
 ])
 
+_NOT_NULL = [i for i, f in enumerate(TRAJECTORY_SCHEMA) if not f.nullable]
+
 # Columns added after the first senders, with the value a row without them has.
 _DEFAULTS: dict[str, Any] = {"is_baseline": False, "attempt": 0, "env_reward": None, "num_turns": 1,
                              "num_tool_calls": 0, "tool_errors": 0, "tool_time_s": 0.0, "tool_calls": "[]"}
@@ -149,9 +151,9 @@ def validate_batch(batch: pa.RecordBatch) -> None:
         raise SchemaError(f"schema mismatch: got {batch.schema.names}")
     if batch.num_rows == 0:
         raise SchemaError("empty trajectory batch")
-    for name in TRAJECTORY_SCHEMA.names:
-        if not TRAJECTORY_SCHEMA.field(name).nullable and batch.column(name).null_count:
-            raise SchemaError(f"column {name} has nulls")
+    for i in _NOT_NULL:
+        if batch.column(i).null_count:
+            raise SchemaError(f"column {TRAJECTORY_SCHEMA.names[i]} has nulls")
     resp = batch.column("response_token_ids").value_lengths()
     for name in ("behaviour_logprobs", "loss_mask", "token_versions"):
         if not resp.equals(batch.column(name).value_lengths()):
@@ -188,7 +190,8 @@ def _upgrade(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A batch from an older sender, without columns added since (``is_baseline``, ``attempt``, the
     multi-turn ones), gets them with their defaults (per-token ones derived per row); anything else
     is left for validation to judge."""
-    missing = [f for f in TRAJECTORY_SCHEMA if f.name not in batch.schema.names]
+    present = set(batch.schema.names)
+    missing = [f for f in TRAJECTORY_SCHEMA if f.name not in present]
     if not missing or any(f.name not in _DEFAULTS and f.name not in _PER_ROW for f in missing):
         return batch
     cols = {name: batch.column(name) for name in batch.schema.names}

@@ -18,6 +18,10 @@ turn's ``max_tokens`` is cut to what is left, an observation that does not fit e
 tool error; its thread cannot be killed and finishes in the background, so tools that may hang
 belong in :mod:`sandbox` with their own timeout).
 
+The environment's :class:`EpisodeStart` has the row's prompt id, data source and ground truth;
+its ``messages`` are empty (a prompt item carries token ids only), so an environment that needs the
+question must take it from the ground truth or its own data.
+
 Seeds: a train item's ``seed`` (the dispatcher's, reproducible across resumes) becomes one seed
 per (sample, turn) by :func:`turn_seed`, so every request differs and a re-run repeats them.
 

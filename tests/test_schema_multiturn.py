@@ -90,3 +90,20 @@ def test_step_record_episode_metrics() -> None:
     rec = episode_record(groups)
     assert rec == {"turns_mean": 2.5, "tool_calls_mean": 1.0, "tool_calls_total": 2.0, "tool_errors_total": 2.0,
                    "tool_time_s_mean": pytest.approx(0.5), "episode_reward_mean": 1.0, "observation_tokens": 6.0}
+
+
+def test_environment_config_is_validated() -> None:
+    from asyncrl.config import ConfigError, validate_config
+
+    base = {"model": {"path": "m"}, "data": {"train": "t", "max_prompt_tokens": 100}}
+    cfg = validate_config({**base, "environment": {"name": "arith_tools", "max_new_tokens_per_turn": 8}})
+    assert cfg.sequence_tokens == 100 + 64 and cfg.turn_tokens == 8 and cfg.environment.tool_parser == "hermes"
+    assert validate_config(base).sequence_tokens == 164 and validate_config(base).turn_tokens == 64
+    for env, extra, says in (({"name": "x", "max_total_tokens": 100}, {}, "no room for a reply"),
+                             ({"name": "x", "max_total_tokens": 500}, {"rollout": {"max_model_len": 400}},
+                              "rollout.max_model_len"),
+                             ({"name": "x"}, {"algorithm": {"overlong_buffer": 4}}, "overlong_buffer"),
+                             ({"name": "x", "max_turn": 3}, {}, "environment.max_turn"),
+                             ({"name": "x", "tool_parser": "xml"}, {}, "environment.tool_parser")):
+        with pytest.raises(ConfigError, match=says):
+            validate_config({**base, **extra, "environment": env})
