@@ -43,8 +43,9 @@ class EnvironmentSection(_Section):
     max_new_tokens_per_turn: int | None = Field(
         None, ge=1, description="max_tokens of each model turn. None: sampling.max_new_tokens.")
     max_tool_time_s: float = Field(60.0, gt=0, description="Wall seconds an episode may spend in the "
-                                   "environment (tool calls, final reward); when spent the episode ends and the "
-                                   "step that overran counts as a tool error.")
+                                   "environment (reset, steps with their tool calls, final reward; waiting for a "
+                                   "free tool thread included); when spent the episode ends and the call that "
+                                   "overran counts as a tool error.")
     tool_threads: int = Field(16, ge=1, description="Threads per generator running environment steps, so tools "
                               "never block generation; more concurrent steps wait for a free thread.")
 

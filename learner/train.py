@@ -62,10 +62,14 @@ def _tool_renderer(environment: EnvironmentSection | None) -> Callable[[Any, lis
     """``(tokenizer, messages) -> prompt ids`` with the environment's tools; None without one."""
     if environment is None or environment.name is None:
         return None
+    from asyncrl.data.format import DataError
     from envs.registry import load_environment
     from envs.render import render_prompt
 
-    tools, parser = list(load_environment(environment.name).tools), environment.tool_parser  # checked in preflight
+    try:
+        tools, parser = list(load_environment(environment.name).tools), environment.tool_parser
+    except ValueError as e:  # EnvironmentLoadError: bad input, exit 2 (asyncrl up checks it before starting)
+        raise DataError(f"environment.name: {e}") from None
     return lambda tokenizer, messages: render_prompt(tokenizer, messages, tools, parser)
 
 

@@ -210,3 +210,23 @@ def test_up_refuses_a_bad_environment_with_exit_2(tiny_model_dir: Path, tmp_path
     res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "environment.name" in res.stderr and says in res.stderr
+
+
+def test_learner_renders_the_environment_tools_into_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from asyncrl.config import EnvironmentSection
+    from asyncrl.data.format import DataError
+    from cli.data.arith_tools import write_arith_tools
+    from learner.train import tokenize_prompts
+
+    write_arith_tools(tmp_path, n_train=4, n_test=1, seed=0)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain, _ = tokenize_prompts(tmp_path / "train.parquet", tok, 4096)
+    tools, _ = tokenize_prompts(tmp_path / "train.parquet", tok, 4096, EnvironmentSection(name="arith_tools"))
+    text = tok.decode(tools[0].token_ids)
+    assert '"name": "calculator"' in text and "<tool_call>" in text  # the template ignores tools=: system prompt
+    assert "<tool_call>" not in tok.decode(plain[0].token_ids) and len(tools[0].token_ids) > len(plain[0].token_ids)
+    assert text.endswith("<|im_start|>assistant\n")
+    with pytest.raises(DataError, match="environment.name"):
+        tokenize_prompts(tmp_path / "train.parquet", tok, 4096, EnvironmentSection(name="nope"))
