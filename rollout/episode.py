@@ -173,6 +173,8 @@ class EpisodeRunner:
         env = self.env_cls()
         start = EpisodeStart(item.prompt_id, item.data_source, item.ground_truth)
         await self._call(ep, env.reset, start)
+        if ep.tool_errors:  # reset failed or overran: no episode to play (an empty, untrained response)
+            return ep
         while True:
             room = lim.max_total_tokens - len(item.prompt_token_ids) - len(ep.token_ids)
             if room <= 0:
@@ -222,6 +224,7 @@ class EpisodeRunner:
         calls, errors = self.parser.parse(reply)
         turn = ep.num_turns - 1
         if self._tool_time_left(ep) <= 0:
+            ep.finish_reason = "tool_time"
             return None
         result = await self._call(ep, env.step, reply, calls, errors)
         if result is None:

@@ -89,7 +89,8 @@ def test_step_record_episode_metrics() -> None:
                                                                        reward=0.5)])]
     rec = episode_record(groups)
     assert rec == {"turns_mean": 2.5, "tool_calls_mean": 1.0, "tool_calls_total": 2.0, "tool_errors_total": 2.0,
-                   "tool_time_s_mean": pytest.approx(0.5), "episode_reward_mean": 1.0, "observation_tokens": 6.0}
+                   "tool_time_s_mean": pytest.approx(0.5), "episode_reward_mean": 1.0, "observation_tokens": 6.0,
+                   "episodes_across_syncs": 2.0}
 
 
 def test_environment_config_is_validated() -> None:

@@ -39,5 +39,6 @@ def test_tiny_cpu_tools_runs_multi_turn_episodes(tiny_model_dir: Path, arith_too
         assert r["turns_mean"] > 1.5 and r["tool_calls_total"] > 0 and r["tool_errors_total"] > 0
         assert r["observation_tokens"] > 0 and 0 < r["tool_time_s_mean"] < 10
         assert r["tokens"] < r["samples"] * 3 * 16 + 1  # trained tokens: the model's turns only
+        assert 0 <= r["episodes_across_syncs"] <= r["samples"]
     resolved = json.loads((run_dir / "resolved" / "rollout-0.json").read_text())
     assert resolved["environment"]["max_turns"] == 3

@@ -191,9 +191,15 @@ class ScoredGroup:
 
     def episode_stats(self) -> dict[str, np.ndarray]:
         """``[num_samples]`` per-episode arrays: ``num_turns``, ``num_tool_calls``, ``tool_errors``
-        (int32) and ``tool_time_s`` (float32); single-turn rows read 1, 0, 0, 0."""
-        return {name: self._trained.column(name).to_numpy(zero_copy_only=False)
-                for name in ("num_turns", "num_tool_calls", "tool_errors", "tool_time_s")}
+        (int32), ``tool_time_s`` (float32) and ``version_span`` (int64, newest minus oldest version
+        of the sample's tokens: > 0 when a weight sync landed mid-episode); single-turn rows read
+        1, 0, 0, 0 and their own span."""
+        t = self._trained
+        out = {name: t.column(name).to_numpy(zero_copy_only=False)
+               for name in ("num_turns", "num_tool_calls", "tool_errors", "tool_time_s")}
+        out["version_span"] = (t.column("policy_version_end").to_numpy(zero_copy_only=False)
+                               - t.column("policy_version").to_numpy(zero_copy_only=False))
+        return out
 
     @cached_property
     def trained_tokens(self) -> int:

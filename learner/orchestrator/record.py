@@ -77,7 +77,8 @@ def step_record(step: int, version: int, groups: list[ScoredGroup], times: StepT
 
 def episode_record(groups: list[ScoredGroup]) -> dict[str, float]:
     """Multi-turn episode metrics of a batch (its trained samples): turns, tool calls, tool errors and
-    tool time per episode, totals, the episode reward and the observation tokens (not trained)."""
+    tool time per episode, totals, the episode reward, the observation tokens (not trained) and the
+    episodes whose tokens come from more than one weights version (a sync landed mid-episode)."""
     per = [g.episode_stats() for g in groups]
     cat = {k: np.concatenate([p[k] for p in per]).astype(np.float64) for k in per[0]} if per else {}
     n = max(1, len(cat.get("num_turns", [])))
@@ -91,6 +92,7 @@ def episode_record(groups: list[ScoredGroup]) -> dict[str, float]:
         "tool_time_s_mean": float(cat["tool_time_s"].sum() / n) if cat else 0.0,
         "episode_reward_mean": float(rewards.mean()) if rewards.size else 0.0,
         "observation_tokens": float(sum(int(g.response_lengths.sum()) for g in groups) - trained),
+        "episodes_across_syncs": float((cat["version_span"] > 0).sum()) if cat else 0.0,
     }
 
 
