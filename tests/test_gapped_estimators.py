@@ -88,3 +88,55 @@ def test_episode_rewards_reach_every_turn_through_rollouts() -> None:
     rewards = outcome_token_rewards(ro.scores, ro.mask)
     _, returns = get_estimator("reinforce_pp")(rewards, ro.mask, index=ro.index, gamma=1.0)
     assert returns.tolist() == [[1.0, 1.0, 0.0, 0.0, 1.0], [0.0] * 5]
+
+
+def _episode_groups(obs_logprob: float, obs_version: int) -> list:
+    """Two groups of 3-turn episodes: model tokens (version 1) and observation tokens between them
+    whose behaviour log-prob and version are the test's to vary (the generator writes 0.0 and -1)."""
+    from asyncrl import schema
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for gid in range(2):
+        rows = []
+        for i in range(4):
+            turns = [1 + int(torch.randint(0, 4, (1,), generator=g)) for _ in range(3)]
+            ids, beh, mask, versions, starts = [], [], [], [], []
+            for k, n in enumerate(turns):
+                starts.append(len(ids))
+                ids += [20 + j for j in range(n)]
+                beh += [-4.6] * n
+                mask += [1] * n
+                versions += [1] * n
+                if k < 2:  # an observation of 3 tokens
+                    ids += [40, 41, 42]
+                    beh += [obs_logprob] * 3
+                    mask += [0] * 3
+                    versions += [obs_version] * 3
+            rows.append(_row(group_id=gid, sample_index=i, prompt_token_ids=[2, 10 + gid, 11, 12],
+                             response_token_ids=ids, behaviour_logprobs=beh, loss_mask=mask, token_versions=versions,
+                             turn_starts=starts, policy_version=1, policy_version_end=1,
+                             reward=float(torch.rand(1, generator=g)), env_reward=0.0, num_turns=3))
+        out.append(schema.make_batch(rows))
+    return out
+
+
+@pytest.mark.parametrize("algo", [{"advantage": "grpo"}, {"advantage": "gae", "correction": "mis"},
+                                  {"advantage": "reinforce_pp", "stale_policy": "reweight", "kl_loss_coef": 0.1}],
+                         ids=["grpo", "gae-mis", "reinforce_pp-reweight-kl"])
+def test_observation_tokens_never_move_the_update(tiny_model_dir, algo: dict) -> None:
+    """The same episodes with different behaviour log-probs and versions on their observation tokens
+    (garbage there must be ignored) give the same update and the same token-level metrics."""
+    from tests.test_step import _trainer
+
+    results = []
+    for obs_logprob, obs_version in ((0.0, -1), (-9.0, -50)):
+        torch.manual_seed(0)
+        trainer = _trainer(tiny_model_dir, {"max_staleness": 0}, **algo)
+        stats = trainer.step(_episode_groups(obs_logprob, obs_version), learner_version=2)
+        results.append(([p.detach().full_tensor().clone() for p in trainer.policy.parameters()], stats))
+    (p0, s0), (p1, s1) = results
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1))
+    for key in ("loss", "entropy", "logprob_abs_diff", "advantage_abs_mean", "response_len_mean"):
+        assert s0[key] == s1[key], key
+    assert s0["staleness_hist"] == {1: 8}  # by the model tokens (version 1), observations ignored
