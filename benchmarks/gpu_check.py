@@ -122,6 +122,8 @@ def make_groups(prompts: int, n: int, prompt_len: tuple[int, int], response_len:
     from benchmarks.bench_packing import make_groups as packing_groups
 
     template = packing_groups(1, 1, 1, vocab, seed)[0].to_pylist()[0]
+    for per_token in ("loss_mask", "token_versions", "turn_starts"):  # derived again for each new response
+        del template[per_token]
     rng = random.Random(seed)
     groups = []
     for gid in range(prompts):

@@ -109,6 +109,7 @@ DEFAULT_BY_DATA_SOURCE = {
     "openai/gsm8k": "gsm8k",
     "gsm8k": "gsm8k",
     "arith": "arith",
+    "arith_tools": "arith",  # the same answer check when the set runs without its environment (single-turn)
     **{source: "math" for source in MATH_DATA_SOURCES},
     **{source: "code" for source in CODE_DATA_SOURCES},
 }

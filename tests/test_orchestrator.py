@@ -279,7 +279,8 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path) -> None:
     assert len(trained) == len(set(trained)) == 6
     last = recs[-1]
     assert last["duplicates_dropped"] >= 6 and last["samples_duplicate_dropped"] == 2 * last["duplicates_dropped"]
-    assert state["counters"]["duplicates_dropped"] == last["duplicates_dropped"]
+    # the state is read after the last record: a duplicate may have arrived in between
+    assert state["counters"]["duplicates_dropped"] >= last["duplicates_dropped"]
 
 
 def _accounted(p: Pipeline, recs: list[dict[str, Any]]) -> None:
