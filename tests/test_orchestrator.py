@@ -378,7 +378,9 @@ def test_checkpoint_state_restores_counters_and_outstanding_prompts(tmp_path: Pa
     """Resume: counters continue, prompts outstanding at the checkpoint are trained in the resumed
     run, and the 12 prompts (one epoch) are each trained exactly once across both runs. The first
     run has one generator, which sends every group twice: each duplicate reaches the orchestrator
-    right behind its original, so some are counted before the checkpoint whatever the timing."""
+    right behind its original, so some are counted before the checkpoint whatever the timing. The
+    resumed run has one generator too: groups of one version are trained in arrival order, and with
+    two generators a group of the next epoch could overtake the epoch's last prompt."""
     with Pipeline(_cfg(tmp_path, generators=1), gens={0: {"duplicate": True}}) as p:
         before = _trained(p.steps(3))
         state = json.loads(json.dumps({"step": 3, **p.orch.state()}))  # what state.json holds
@@ -388,7 +390,7 @@ def test_checkpoint_state_restores_counters_and_outstanding_prompts(tmp_path: Pa
                                       "sync_failures"}
     assert state["counters"]["duplicates_dropped"] > 0
     pending = {x[0] for x in state["dispatcher"]["pending"]}
-    with Pipeline(_cfg(tmp_path / "resumed"), resume=state) as q:
+    with Pipeline(_cfg(tmp_path / "resumed", generators=1), resume=state) as q:
         assert q.orch.counters.as_dict() == {**state["counters"], "stale_dropped": 0, "groups_filtered": 0}
         after = q.steps(3)
     assert after[0]["policy_version"] == 4
