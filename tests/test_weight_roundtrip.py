@@ -27,7 +27,7 @@ def _cfg(model: Path, port: int, dtype: str = "float32", tp: int = 1, apply: str
     return validate_config({
         "model": {"path": str(model)}, "data": {"train": "unused.parquet", "max_prompt_tokens": 64},
         "rollout": {"dtype": dtype, "max_new_tokens": 24, "n": 2, "tensor_parallel_size": tp,
-                    "weight_apply": apply},
+                    "weight_apply": apply, "kv_cache_gb": 0.125},
         "transport": {"weight_sync": f"127.0.0.1:{port}"}, "learner": {"sync_timeout_s": 120}})
 
 
