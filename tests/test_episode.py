@@ -89,7 +89,8 @@ def test_episodes_on_vllm(tiny_model_dir: Path) -> None:
     from rollout.worker import build_engine
 
     cfg = validate_config({"model": {"path": str(tiny_model_dir)}, "data": {"train": "unused.parquet"},
-                           "rollout": {"dtype": "float32", "kv_cache_gb": 0.125}, "environment": {"name": "arith_tools"}})
+                           "rollout": {"dtype": "float32", "kv_cache_gb": 0.125},
+                           "environment": {"name": "arith_tools"}})
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = [int(i) for i in tok.apply_chat_template([{"role": "user", "content": "What is 123 * 456?"}],
                                                       add_generation_prompt=True, tokenize=True, return_dict=False)]
