@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
+QUICKSTART_TOOLS_DIR ?= runs/quickstart_tools
 
-.PHONY: install lint test test-all test-fast quickstart bench gpu-wheels gpu-check clean
+.PHONY: install lint test test-all test-fast quickstart quickstart-tools bench gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -41,6 +42,15 @@ quickstart: $(STAMP)
 	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
 	test -f data/arith/train.parquet || $(VENV)/bin/asyncrl data arith --out data/arith
 	$(VENV)/bin/asyncrl up configs/quickstart.toml --run-dir $(QUICKSTART_DIR)
+
+# Multi-turn tool use (configs/quickstart_tools.toml): SFT warm start on calculator transcripts, then RL.
+quickstart-tools: $(STAMP)
+	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
+	test -f data/arith_tools/train.parquet || \
+		$(VENV)/bin/asyncrl data arith-tools --out data/arith_tools --sft-out data/arith_tools_sft
+	test -f runs/smollm2_arith_tools_sft/checkpoints/final/config.json || \
+		$(VENV)/bin/asyncrl sft configs/sft/smollm2_arith_tools_sft.toml
+	$(VENV)/bin/asyncrl up configs/quickstart_tools.toml --run-dir $(QUICKSTART_TOOLS_DIR)
 
 # Benchmarks (not tests): trl and matplotlib on top of the test install; results in runs/bench.
 bench: $(STAMP)

@@ -46,6 +46,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]  # JSON schema of the arguments object
     fn: Callable[..., str]
+    sandboxed: bool = False  # runs untrusted code in sandbox/: a generator checks the sandbox at start
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI/HF function-tool format that chat templates take as ``tools=``."""

@@ -156,6 +156,7 @@ def python_tool(*, timeout_s: float = 10.0, memory_mb: int = 512, max_chars: int
                                    "stdin": {"type": "string", "description": "text given on standard input"}},
                     "required": ["code"]},
         fn=run,
+        sandboxed=True,
     )
 
 

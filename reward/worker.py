@@ -36,6 +36,10 @@ class RewardWorker:
         r = cfg.reward
         if r.function is not None:
             get_reward_fn(r.function)  # fail now on an unknown name
+        if r.function == "code":
+            from sandbox.runner import preflight
+
+            preflight('reward.function = "code"')
         self.caller = SafeRewardCaller(timeout_s=r.timeout_s) if r.type != "model" else None
         self.scorer = None
         if r.type != "function":

@@ -99,6 +99,10 @@ class Generator:
         """Build the engine (unless one was set), connect (``transport``: default from the config), say hello."""
         cfg = self.cfg
         env_cls = load_environment_class(cfg.environment.name) if cfg.environment.name else None
+        if env_cls is not None and any(t.sandboxed for t in env_cls.tools):
+            from sandbox.runner import preflight
+
+            preflight(f"environment.name = {cfg.environment.name!r} (its tools)")
         if self.engine is None:
             self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
         if env_cls is not None:

@@ -219,3 +219,20 @@ def run_python(code: str, *, stdin: str = "", limits: Limits = DEFAULT_LIMITS,
                   time_s=round(status.get("time_s") or time.monotonic() - started, 4),
                   max_rss_mb=round((status.get("max_rss_kb") or 0) / 1024, 2),
                   limit_hit=_classify(status, hit, stderr, limits), isolation=isolation)
+
+
+def preflight(what: str) -> None:
+    """Run a one-line program in the sandbox; raise ConfigError (exit 2) naming ``what`` (the config
+    key that needs the sandbox) when it cannot run here, so a worker fails at start and not on
+    every sample."""
+    from asyncrl.config_base import ConfigError
+
+    try:
+        res = run_python("print(1)", limits=Limits(timeout_s=10.0))
+    except SandboxError as exc:
+        raise ConfigError(f"{what} runs untrusted code in the sandbox, which cannot start on this machine: "
+                          f"{exc} (docs/sandbox.md)") from exc
+    if res.exit_code != 0 or res.stdout.strip() != "1":
+        raise ConfigError(f"{what} runs untrusted code in the sandbox, whose test program failed here: "
+                          f"exit {res.exit_code}, limit {res.limit_hit}, stderr {res.stderr[-500:]!r} "
+                          "(docs/sandbox.md)")

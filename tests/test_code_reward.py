@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,32 @@ def test_registered_and_scored_through_the_reward_child() -> None:
         results = caller.score_batch([("code", "code", CORRECT, TRUTH, {}), ("code", "code", CORRECT, "{", {})])
     assert results[0] == (1.0, None)
     assert results[1][0] == 0.0 and "not JSON" in (results[1][1] or "")
+
+
+def _code_cfg(tmp_path: Any, **sections: Any) -> Any:
+    from asyncrl.config import validate_config
+
+    return validate_config({"model": {"path": "m"}, "data": {"train": "t"}, "run": {"dir": str(tmp_path)},
+                            **sections})
+
+
+def test_workers_check_the_sandbox_at_start(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reward worker scoring with "code" and a generator whose environment has the python tool run
+    one program in the sandbox before anything else; where it cannot run, a ConfigError (exit 2) names
+    the key, instead of every sample scoring 0 with an error."""
+    from asyncrl.config_base import ConfigError
+    from asyncrl.transport.inproc import Hub, InprocTransport
+    from reward.worker import RewardWorker
+    from rollout.worker import Generator
+    from sandbox.runner import NAMESPACES_ENV, preflight
+
+    preflight("here")  # root with namespaces: passes
+    cfg = _code_cfg(tmp_path, reward={"function": "code"})
+    RewardWorker(cfg, 0, transport=InprocTransport(hub=Hub())).transport.close()
+    monkeypatch.setenv(NAMESPACES_ENV, "none")  # as on a machine that refuses namespaces
+    with pytest.raises(ConfigError, match='reward.function = "code" runs untrusted code in the sandbox'):
+        RewardWorker(cfg, 0)
+    gen = Generator(_code_cfg(tmp_path, environment={"name": "code"}), 0)
+    with pytest.raises(ConfigError, match="environment.name = 'code' .its tools. runs untrusted code"):
+        asyncio.run(gen.start())
+    assert gen.engine is None  # failed before building vLLM

@@ -40,5 +40,9 @@ def test_tiny_cpu_tools_runs_multi_turn_episodes(tiny_model_dir: Path, arith_too
         assert r["observation_tokens"] > 0 and 0 < r["tool_time_s_mean"] < 10
         assert r["tokens"] < r["samples"] * 3 * 16 + 1  # trained tokens: the model's turns only
         assert 0 <= r["episodes_across_syncs"] <= r["samples"]
+    val = [r for r in read_metrics(run_dir) if "val_accuracy" in r]
+    assert [r["step"] for r in val] == [0, STEPS]
+    for r in val:  # EagerArithTools reads every reply as a calculator call
+        assert r["val_tool_call_rate"] == 1.0 and r["val_turns_mean"] > 1 and r["val_tool_errors_mean"] > 0
     resolved = json.loads((run_dir / "resolved" / "rollout-0.json").read_text())
     assert resolved["environment"]["max_turns"] == 3

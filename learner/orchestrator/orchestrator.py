@@ -156,9 +156,17 @@ class Orchestrator:
                          else None, self.cfg.learner.wait_timeout_s, f"{len(gids)} validation results")
         rewards = [float(g.rewards[0]) for g in res]
         # accuracy: replies earning the full reward (a correct final answer in the asked format)
-        return {"val_reward_mean": sum(rewards) / len(rewards),
-                "val_accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
-                "val_policy_version_min": min(g.policy_version for g in res)}
+        out = {"val_reward_mean": sum(rewards) / len(rewards),
+               "val_accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
+               "val_policy_version_min": min(g.policy_version for g in res)}
+        if self.cfg.environment.name is not None:  # multi-turn: how the greedy episodes used the tools
+            stats = [g.episode_stats() for g in res]
+            calls = [int(s["num_tool_calls"][0]) for s in stats]
+            out |= {"val_tool_call_rate": sum(c > 0 for c in calls) / len(calls),
+                    "val_tool_calls_mean": sum(calls) / len(calls),
+                    "val_tool_errors_mean": sum(int(s["tool_errors"][0]) for s in stats) / len(stats),
+                    "val_turns_mean": sum(int(s["num_turns"][0]) for s in stats) / len(stats)}
+        return out
 
     def record(self, step: int, groups: list[ScoredGroup], stats: dict[str, Any], times: StepTimes) -> dict[str, Any]:
         """The ``metrics.jsonl`` record of ``step`` (see :func:`learner.orchestrator.record.step_record`)."""
