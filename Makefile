@@ -29,11 +29,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check asyncrl rollout learner reward envs sandbox cli benchmarks tests
 	$(VENV)/bin/mypy
 
+# Two pytest-xdist workers: an end-to-end run keeps about one core busy (process start-ups are
+# single-threaded imports), so two at a time fill a 2-core machine. Tests sharing an expensive
+# fixture run on one worker (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 -m "not extended" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 -m "not extended" tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

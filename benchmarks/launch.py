@@ -40,17 +40,22 @@ STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")  # asyncrl.launcher's line 
 _given: set[int] = set()
 
 
+PORT_RANGE_ENV = "ASYNCRL_PORT_RANGE"  # "LO-HI": where free_port looks (tests/conftest.py gives each xdist worker its own)
+
+
 def free_port() -> int:
     """A bindable loopback port below Linux's ephemeral range (32768+), never handed out twice
-    in this process.
+    in this process, from 20000-32000 or the range ``$ASYNCRL_PORT_RANGE`` names.
 
     Ports from the ephemeral range (what binding port 0 returns) can be taken between this check
     and the real bind by any outgoing connection or by vLLM's own internal sockets (seen as a
-    flaky EADDRINUSE).
+    flaky EADDRINUSE). Processes that pick ports at the same time (parallel test workers) give
+    each their own range, for the same reason.
     """
+    lo, hi = (int(x) for x in os.environ.get(PORT_RANGE_ENV, "20000-32000").split("-"))
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(2000):
-        port = rng.randrange(20000, 32000)
+        port = rng.randrange(lo, hi)
         if port in _given:
             continue
         with socket.socket() as s:
@@ -60,7 +65,7 @@ def free_port() -> int:
                 continue
         _given.add(port)
         return port
-    raise RuntimeError("no free port in 20000-32000")
+    raise RuntimeError(f"no free port in {lo}-{hi}")
 
 
 def port_sets(num_rewards: int = 1) -> list[str]:

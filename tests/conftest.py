@@ -15,6 +15,48 @@ from benchmarks.launch import free_port  # noqa: F401  (the one port picker; tes
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+CHEAP_SHARED = {"tiny_model_dir", "arith_dir"}  # made in a second or two: each worker makes its own
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker picks ports from its own range."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count:
+        from benchmarks.launch import PORT_RANGE_ENV
+
+        width = 12000 // int(count)
+        lo = 20000 + int(worker.removeprefix("gw")) * width
+        os.environ[PORT_RANGE_ENV] = f"{lo}-{lo + width}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share an expensive session- or module-scoped fixture (an ``asyncrl up`` run, a
+    torchrun launch) form one ``xdist_group``, so ``--dist loadgroup`` runs that fixture once, on
+    one worker; the rest are spread over the workers freely."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    shared: dict[int, list[str]] = {}
+    for i, item in enumerate(items):
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        keys = [f"{defs[-1].scope}:{name}" if defs[-1].scope == "session" else f"{item.module.__name__}:{name}"
+                for name, defs in info.name2fixturedefs.items()
+                if defs and defs[-1].scope in ("session", "module") and name not in CHEAP_SHARED
+                and defs[-1].func.__module__.startswith("tests.")]  # ours, not pytest's or a plugin's
+        for key in keys[1:]:
+            parent[find(key)] = find(keys[0])
+        shared[i] = keys
+    for i, keys in shared.items():
+        if keys:
+            items[i].add_marker(pytest.mark.xdist_group(find(keys[0])))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
