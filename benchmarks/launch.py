@@ -40,7 +40,7 @@ STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")  # asyncrl.launcher's line 
 _given: set[int] = set()
 
 
-PORT_RANGE_ENV = "ASYNCRL_PORT_RANGE"  # "LO-HI": where free_port looks (tests/conftest.py gives each xdist worker its own)
+PORT_RANGE_ENV = "ASYNCRL_PORT_RANGE"  # "LO-HI" for free_port (tests/conftest.py: one per xdist worker)
 
 
 def free_port() -> int:
