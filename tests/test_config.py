@@ -87,6 +87,17 @@ def test_cli_missing_data_column_exits_2(tmp_path: Path, tiny_model_dir: Path) -
     assert "Traceback" not in res.stderr
 
 
+def test_cli_missing_model_and_data_say_the_command_that_makes_them(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\npath = "{tmp_path}/models/tiny"\n[data]\ntrain = "{tmp_path}/data/arith/train.parquet"\n')
+    res = _cli("up", str(cfg))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.path" in res.stderr and f"asyncrl model tiny --out {tmp_path}/models/tiny" in res.stderr
+    res = _cli("up", str(cfg), "--set", f"model.path={tiny_model_dir}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "data.train" in res.stderr and f"asyncrl data arith --out {tmp_path}/data/arith" in res.stderr
+
+
 def test_help_for_every_command() -> None:
     for cmd in ([], ["up"], ["learner"], ["rollout"], ["reward"], ["data"], ["model"],
                 ["data", "arith"], ["data", "gsm8k"], ["data", "math"], ["data", "custom"], ["data", "inspect"],
