@@ -58,6 +58,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[i].add_marker(pytest.mark.xdist_group(find(keys[0])))
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's hook
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly where pytest-xdist's groups do not reach the node ids (pytest 9.2 reads ``_id``, which
+    xdist 3.8 does not set): every shared run would silently be made once per worker."""
+    if not session.config.getoption("loadgroup", False):
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"xdist groups not applied to {len(lost)} test(s), e.g. {lost[0]} "
+                                "(pytest and pytest-xdist versions: see pyproject.toml)")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cli.model.tiny import write_tiny_model
