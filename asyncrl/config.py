@@ -155,6 +155,34 @@ class RewardSection(_Section):
         return self
 
 
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSection(_Section):
+    """LoRA adapters (PEFT) trained instead of the whole model; ``rank = 0``: full fine-tuning.
+
+    The base stays frozen; the reference model is the same base with the adapters switched off
+    (no second copy), and a weight sync sends only the adapter (plus ``modules_to_save``) to the
+    generators, which serve it as the engine's active vLLM LoRA."""
+
+    rank: int = Field(0, ge=0, le=512, description="LoRA rank r; 0 turns LoRA off (full fine-tuning).")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training.")
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS), min_length=1,
+                                      description="Module names (suffixes) that get adapters: the attention "
+                                      "and MLP projections by default.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full next to "
+                                       "the adapters (e.g. 'norm'); synced as full tensors. Tied embeddings "
+                                       "and LM heads are refused.")
+    merged_export: bool = Field(True, description="Exports (final, checkpoints' hf/) hold the merged model "
+                                "that vLLM and transformers load, with the PEFT adapter in adapter/; "
+                                "false: the adapter alone.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class ShardingFields(_Section):
     """How the learner lays out batches, how its FSDP2 units compute and where they keep state
     (shared by RL, SFT and reward-model training)."""
@@ -175,6 +203,7 @@ class ShardingFields(_Section):
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
     cpu_offload: bool = Field(False, description="Keep parameters, gradients and optimizer state in CPU "
                               "memory between uses (GPU only; FSDP2 CPUOffloadPolicy).")
+    lora: LoraSection = Field(default_factory=LoraSection)
 
 
 class LearnerSection(ShardingFields):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asyncrl.config import LoggingSection, ModelSection, RunSection, ShardingFields, _Section
 
@@ -73,4 +73,11 @@ class PreferenceData(_Section):
 
 class RMConfig(_SupervisedConfig):
     data: PreferenceData
+
+    @model_validator(mode="after")
+    def _no_lora(self) -> RMConfig:
+        if self.train.lora.enabled:
+            raise ValueError("train.lora: asyncrl rm-train trains the whole reward model (LoRA is for the "
+                             "policy: asyncrl sft and the RL learner); remove train.lora.rank")
+        return self
 

@@ -26,7 +26,8 @@ from learner.algo.advantages import needs_values
 from learner.algo.distill import load_teacher
 from learner.fsdp.checkpoint import Checkpointer, CheckpointError
 from learner.fsdp.critic import load_critic
-from learner.fsdp.model import init_distributed, load_policy, save_hf
+from learner.fsdp.lora import AdapterOff
+from learner.fsdp.model import init_distributed, load_policy, save_hf, trainable
 from learner.fsdp.ranks import RankChannel, parse_step, step_payload
 from learner.fsdp.stream_sync import follow_sync, sync_source
 from learner.orchestrator.dispatcher import TokenizedPrompt
@@ -80,7 +81,8 @@ class LearnerRank:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.run.seed)
-        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
+        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.learner,
+                                                 lora=cfg.learner.lora)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
@@ -113,9 +115,12 @@ class LearnerRank:
 
     def _build_trainer(self) -> Trainer:
         cfg, lr, a = self.cfg, self.cfg.learner, self.cfg.algorithm
-        opt = torch.optim.AdamW(self.model.parameters(), lr=lr.lr, betas=lr.betas, weight_decay=lr.weight_decay)
-        reference = critic = critic_opt = None
-        if a.uses_reference:  # a frozen copy of the initial policy
+        opt = torch.optim.AdamW(trainable(self.model), lr=lr.lr, betas=lr.betas, weight_decay=lr.weight_decay)
+        reference: Any = None
+        critic = critic_opt = None
+        if a.uses_reference and lr.lora.enabled:  # the same base with the adapters off: no second copy
+            reference = AdapterOff(self.model)
+        elif a.uses_reference:  # a frozen copy of the initial policy
             reference, _ = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.learner)
             reference.requires_grad_(False).eval()
         if needs_values(a.advantage):

@@ -104,6 +104,97 @@ class WeightSyncExtension:
                  timed.seconds)
         return {"seconds": total, "digests": digests}
 
+    def asyncrl_receive_lora(self, metas: list[Any], bucket_bytes: int, config: dict[str, Any], lora_id: int,
+                             verify: bool = False) -> dict[str, Any]:
+        """Receive one adapter-only broadcast (LoRA training) and serve it as adapter ``lora_id``.
+
+        Adapter tensors become an in-memory vLLM ``LoRAModel`` registered with the worker's LoRA
+        manager (no disk); full tensors (``modules_to_save``: norms) are copied into the base model
+        in place. Every older adapter is removed; a request still carrying an older id is served
+        with this adapter (:meth:`_asyncrl_load_adapter`). Each TP worker receives whole tensors:
+        vLLM's LoRA layers keep this worker's slice (``set_lora``).
+        """
+        from asyncrl.weight_sync import receive_state
+
+        group = getattr(self, "_asyncrl_group", None)
+        if group is None:
+            raise RuntimeError("asyncrl_receive_lora called before asyncrl_init_sync")
+        t0 = time.perf_counter()
+        metas = [(str(n), str(d), [int(s) for s in shape]) for n, d, shape in metas]
+        buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
+        digests: list[str] | None = [] if verify else None
+        adapter: dict[str, torch.Tensor] = {}
+        full: list[tuple[str, torch.Tensor]] = []
+        timed = _Timed(receive_state(group, metas, bucket_bytes, device="cpu", buffers=buffers, digests=digests))
+        try:
+            for name, t in timed:  # clones: the buffers are reused by the next sync
+                if ".lora_" in name:
+                    adapter[name] = t.clone()
+                else:
+                    full.append((name, t))
+            lora = self._asyncrl_build_lora(lora_id, adapter, config)
+        except BaseException:
+            self._asyncrl_buffers = []
+            raise
+        if full:
+            self._asyncrl_load_full(full)
+        manager = self.model_runner.lora_manager
+        self._asyncrl_adapter = (adapter, config)
+        if not getattr(self, "_asyncrl_hooked", False):  # serve older ids with the current adapter
+            original = manager._load_adapter
+            manager._load_adapter = lambda req: self._asyncrl_load_adapter(req, original)
+            self._asyncrl_hooked = True
+        for old in manager.list_adapters():
+            manager.remove_adapter(old)
+        manager._adapter_manager.add_adapter(lora)
+        total = time.perf_counter() - t0
+        nbytes = sum(t.numel() * t.element_size() for t in adapter.values()) + sum(
+            t.numel() * t.element_size() for _, t in full)
+        self._asyncrl_last = {"path": "lora", "total_s": total, "receive_s": timed.seconds,
+                              "apply_s": total - timed.seconds, "bytes": nbytes, "adapter_id": lora_id}
+        log.info("LoRA adapter %d installed (%d tensors, %d full, %.1f MiB): %.3fs, of which receiving %.3fs",
+                 lora_id, len(adapter), len(full), nbytes / 2**20, total, timed.seconds)
+        return {"seconds": total, "digests": digests}
+
+    def _asyncrl_build_lora(self, lora_id: int, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Any:
+        """A vLLM ``LoRAModel`` from in-memory tensors (what ``_load_adapter`` builds from a directory)."""
+        from vllm.lora.lora_model import LoRAModel
+        from vllm.lora.peft_helper import PEFTHelper
+
+        from rollout.lora import vllm_adapter_config
+
+        manager = self.model_runner.lora_manager
+        helper = PEFTHelper.from_dict({**vllm_adapter_config(config),
+                                       "vllm_max_position_embeddings": manager.max_position_embeddings})
+        helper.validate_legal(manager.lora_config)
+        model = manager._adapter_manager.model
+        mapper = getattr(model, "hf_to_vllm_mapper", None)
+        return LoRAModel.from_lora_tensors(
+            lora_id, {k: v.clone() for k, v in tensors.items()}, helper, device="cpu",
+            dtype=manager.lora_config.lora_dtype, model_vocab_size=manager.vocab_size,
+            weights_mapper=mapper.get_rename_mapper() if mapper is not None else None,
+            skip_prefixes=getattr(model, "lora_skip_prefixes", None))
+
+    def _asyncrl_load_adapter(self, request: Any, original: Any) -> Any:
+        """The LoRA manager's loader for an id it does not hold: an asyncrl id (a request submitted
+        before the last sync, or an adapter the LRU dropped) gets the current adapter; others load
+        as vLLM would."""
+        from rollout.lora import ADAPTER_PREFIX
+
+        current = getattr(self, "_asyncrl_adapter", None)
+        if current is None or not str(request.lora_name).startswith(ADAPTER_PREFIX):
+            return original(request)
+        return self._asyncrl_build_lora(request.lora_int_id, *current)
+
+    def _asyncrl_load_full(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        """Copy ``modules_to_save`` tensors (norm weights: never pre-packed) into the live model."""
+        model = self.model_runner.get_model()
+        with torch.no_grad():
+            loaded = set(model.load_weights(iter(items)))
+        if len(loaded) < len(items):
+            raise RuntimeError(f"LoRA sync: {len(items)} full tensor(s) sent, {len(loaded)} loaded "
+                               f"({sorted(n for n, _ in items)[:5]})")
+
     def asyncrl_last_sync(self) -> dict[str, Any]:
         """Path and timing of the last applied sync (for tests and benchmarks)."""
         return dict(getattr(self, "_asyncrl_last", {}))

@@ -18,6 +18,7 @@ from typing import Any
 
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.weight_sync import group_layout, sync_backend
+from rollout.lora import adapter_id, lora_request
 
 log = logging.getLogger("rollout")
 
@@ -35,6 +36,7 @@ class WeightReceiver:
         self.epoch: int | None = None  # group joined; None before the first sync / after a failure
         self.paused = False
         self.rejected = 0  # syncs whose bytes did not match the learner's digests
+        self.adapter: Any = None  # LoRA training: the LoRARequest every generate names (rollout/lora.py)
 
     async def apply(self, msg: dict[str, Any]) -> int | None:
         """Apply one ``sync``; return the version now served, or None (still paused, learner told)."""
@@ -47,11 +49,18 @@ class WeightReceiver:
         try:
             if msg["epoch"] != self.epoch:
                 await self._join(msg)
-            results = await self.engine.collective_rpc(
-                "asyncrl_receive_weights",
-                args=(msg["tensors"], msg["bucket_bytes"], self.cfg.rollout.weight_apply, verify))
+            if "lora" in msg:  # adapter-only sync: installed as a new vLLM LoRA (rollout/lora.py)
+                results = await self.engine.collective_rpc(
+                    "asyncrl_receive_lora",
+                    args=(msg["tensors"], msg["bucket_bytes"], msg["lora"], adapter_id(msg["version"]), verify))
+            else:
+                results = await self.engine.collective_rpc(
+                    "asyncrl_receive_weights",
+                    args=(msg["tensors"], msg["bucket_bytes"], self.cfg.rollout.weight_apply, verify))
             if verify:
                 await self._verify(msg, [r["digests"] for r in results])
+            if "lora" in msg:
+                self.adapter = lora_request(msg["version"])
             # Preempt running requests so no KV computed by the old weights is reused.
             await self.engine.reset_prefix_cache(reset_running_requests=True)
         except Exception as e:  # noqa: BLE001 - a peer died mid-sync, or foreign bytes: the learner re-sends

@@ -29,6 +29,7 @@ from asyncrl.hardware import resolve_dtype
 from asyncrl.transport import AsyncClient, AsyncSender, DropCounter, Transport, make_transport
 from asyncrl.transport.items import PromptItem, ScoredGroup, decode_prompts
 from rollout.episode import Episode, EpisodeLimits, EpisodeRunner, load_environment_class
+from rollout.lora import AdapterEngine, engine_lora_args
 from rollout.stats import GeneratorStats
 from rollout.weights import WeightReceiver, WeightsRejected
 
@@ -59,7 +60,8 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
         # split across steps ("CPU Generator does not use offset"): on CPU prefill whole prompts.
         enable_chunked_prefill=False if on_cpu else None,
         # on CPU the cache is sized in bytes (on GPUs by gpu_memory_utilization)
-        kv_cache_memory_bytes=int(r.kv_cache_gb * 2**30) if on_cpu else None)
+        kv_cache_memory_bytes=int(r.kv_cache_gb * 2**30) if on_cpu else None,
+        **engine_lora_args(cfg))  # learner.lora: serve the learner's adapters (rollout/lora.py)
     return AsyncLLM.from_engine_args(args)
 
 
@@ -105,9 +107,11 @@ class Generator:
             preflight(f"environment.name = {cfg.environment.name!r} (its tools)")
         if self.engine is None:
             self.engine = build_engine(cfg, seed=cfg.run.seed + 1000 * self.index, index=self.index)
+        self.weights = WeightReceiver(cfg, self.engine, self.identity, self.index, self._send, self._await_message)
+        # what requests call: generate names the served LoRA adapter, if any
+        self.requests = AdapterEngine(self.engine, lambda: self.weights.adapter)
         if env_cls is not None:
             self.episodes = self._episode_runner(env_cls)
-        self.weights = WeightReceiver(cfg, self.engine, self.identity, self.index, self._send, self._await_message)
         self.transport = transport or make_transport(cfg.transport)
         self.control = self.transport.aclient(cfg.transport.dispatch, self.identity.encode())
         self.out = self.transport.apush(cfg.transport.rewards)
@@ -125,7 +129,7 @@ class Generator:
 
         cfg = self.cfg
         self.tool_pool = ThreadPoolExecutor(cfg.environment.tool_threads, thread_name_prefix=f"env-g{self.index}")
-        return EpisodeRunner(self.engine, env_cls, get_parser(cfg.environment.tool_parser),
+        return EpisodeRunner(self.requests, env_cls, get_parser(cfg.environment.tool_parser),
                              AutoTokenizer.from_pretrained(cfg.model.path), EpisodeLimits.from_config(cfg),
                              top_p=cfg.sampling.top_p, version=lambda: self.version, executor=self.tool_pool)
 
@@ -266,8 +270,8 @@ class Generator:
 
     async def _request(self, item: PromptItem, params: Any, request_id: str) -> Any:
         final = None
-        async for out in self.engine.generate({"prompt_token_ids": item.prompt_token_ids}, params,
-                                              request_id=request_id):
+        async for out in self.requests.generate({"prompt_token_ids": item.prompt_token_ids}, params,
+                                                request_id=request_id):
             final = out
         assert final is not None and final.finished
         return final

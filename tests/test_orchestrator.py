@@ -40,6 +40,8 @@ def toggling(item: PromptItem, i: int) -> float:
 class NoBytes:
     """A SyncSource with nothing to send (the scripted generators have no weights)."""
 
+    adapter = None
+
     def prepare(self, dtype: str, bucket_bytes: int, device: Any) -> list:
         return []
 

@@ -16,7 +16,8 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-from asyncrl.config import ShardingFields
+from asyncrl.config import LoraSection, ShardingFields
+from learner.fsdp import lora as lora_mod
 
 log = logging.getLogger("learner.model")
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
@@ -38,18 +39,31 @@ def init_distributed() -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def load_policy(path: Path, dtype: str, opts: ShardingFields | None = None,
-                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The HF causal LM at ``path``, each decoder layer and the root wrapped with fully_shard."""
+def load_policy(path: Path, dtype: str, opts: ShardingFields | None = None, lora: LoraSection | None = None,
+                lora_key: str = "learner.lora") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The HF causal LM at ``path``, each decoder layer and the root wrapped with fully_shard.
+
+    ``lora`` (enabled): wrapped with PEFT adapters first (:mod:`learner.fsdp.lora`); the returned
+    module is then a ``PeftModel`` (callable like the HF model; ``lora_key`` names the config key
+    in errors)."""
     init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    model.config.use_cache = False
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    hf.config.use_cache = False
+    model: PreTrainedModel = hf
+    if lora is not None and lora.enabled:  # a PeftModel, used like the HF model it wraps
+        model = cast(PreTrainedModel, lora_mod.apply_lora(hf, lora, path, lora_key))
     return shard(model, decoder_layers(model, path), opts), tokenizer
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimiser updates (a LoRA policy's adapters; every parameter otherwise)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def decoder_layers(model: torch.nn.Module, path: Path) -> torch.nn.ModuleList:
     """The transformer blocks of an HF decoder (``model.layers``), each sharded on its own."""
+    model = lora_mod.base_model(model)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"{path}: unsupported architecture {type(model).__name__} (no model.layers)")
@@ -102,7 +116,10 @@ def sync_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def broadcast_items(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """Tensors to send to vLLM: a tied ``lm_head.weight`` is skipped (vLLM ties it itself)."""
+    """Tensors to send to vLLM: a tied ``lm_head.weight`` is skipped (vLLM ties it itself).
+    A LoRA policy sends its adapter (and ``modules_to_save``) only: :func:`lora.sync_items`."""
+    if lora_mod.is_adapted(model):
+        return lora_mod.sync_items(state)
     tied = getattr(model.config, "tie_word_embeddings", False)
     return [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
 
@@ -112,19 +129,44 @@ def save_hf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Pat
     """Write an HF checkpoint directory that transformers and vLLM load.
 
     ``prefix``: strip it from state-dict keys (for HF models wrapped in another module).
+    A LoRA policy writes its PEFT adapter to ``out/adapter`` and, with ``merged_export``, the merged
+    model to ``out`` (see :func:`save_adapted`).
     """
+    if lora_mod.is_adapted(model):
+        return save_adapted(model, tokenizer, out)
     state = {k.removeprefix(prefix): v for k, v in full_state_dict(model).items()}
     hf = model.get_submodule(prefix.rstrip(".")) if prefix else model
     if dist.get_rank() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        fresh = auto_cls.from_config(hf.config, dtype=next(iter(state.values())).dtype)
-        missing, unexpected = fresh.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:
-            raise RuntimeError(f"export to {out}: missing {missing}, unexpected {unexpected}")
-        fresh.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        generation_config = getattr(hf, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(out)
+        _write_hf(hf, tokenizer, state, out, auto_cls)
     dist.barrier()
     return out
+
+
+def save_adapted(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+    """A LoRA policy's export: the PEFT adapter in ``out/adapter`` and (``lora.merged_export``) the
+    merged HF model in ``out`` itself, which vLLM and transformers load like any export."""
+    state = full_state_dict(model)
+    if dist.get_rank() == 0:
+        lora_mod.save_adapter(model, state, out / "adapter")
+        if lora_mod.settings(model).merged_export:
+            merged_state = lora_mod.merged_state(state, lora_mod.adapter_config(model))
+            _write_hf(lora_mod.base_model(model), tokenizer, merged_state, out, AutoModelForCausalLM)
+        else:
+            tokenizer.save_pretrained(out)
+    dist.barrier()
+    return out
+
+
+def _write_hf(hf: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, state: dict[str, torch.Tensor], out: Path,
+              auto_cls: type[_BaseAutoModelClass]) -> None:
+    """Rank 0: ``state`` (HF names) as a checkpoint directory of ``hf``'s architecture."""
+    out.mkdir(parents=True, exist_ok=True)
+    fresh = auto_cls.from_config(hf.config, dtype=next(iter(state.values())).dtype)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"export to {out}: missing {missing}, unexpected {unexpected}")
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    generation_config = getattr(hf, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(out)

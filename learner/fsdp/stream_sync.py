@@ -37,11 +37,14 @@ from torch.distributed.tensor import DTensor, Shard
 from transformers import PreTrainedModel
 
 from asyncrl.weight_sync import SyncGroup, TensorMeta, broadcast_packed, dtype_of, pack_state, plan_buckets
+from learner.fsdp import lora
 from learner.fsdp.model import broadcast_items, sync_state_dict
 from learner.fsdp.ranks import RankChannel
 
 
 class SyncSource(Protocol):
+    adapter: dict | None  # a LoRA policy's adapter_config (the sync then carries only its tensors)
+
     def prepare(self, dtype: str, bucket_bytes: int, device: torch.device) -> list[TensorMeta]:
         """Once per sync, before any attempt: the ``tensors`` metadata in broadcast order."""
 
@@ -57,6 +60,10 @@ class SyncSource(Protocol):
 
 def sync_source(model: PreTrainedModel, ranks: RankChannel) -> SyncSource:
     return StreamedSource(model, ranks) if dist.get_world_size() > 1 else PackedSource(model)
+
+
+def _adapter(model: PreTrainedModel) -> dict | None:
+    return lora.adapter_config(model) if lora.is_adapted(model) else None
 
 
 def sync_params(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
@@ -149,6 +156,7 @@ class PackedSource:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
+        self.adapter = _adapter(model)
         # Kept between syncs: packing into fresh buffers page-faults the whole model in every time
         # (0.15 s vs 0.045 s for SmolLM2-135M here). A retry resends the same packed buffers.
         self.buffers: list[torch.Tensor] = []
@@ -174,6 +182,7 @@ class StreamedSource:
 
     def __init__(self, model: PreTrainedModel, ranks: RankChannel) -> None:
         self.model, self.ranks = model, ranks
+        self.adapter = _adapter(model)
         self.buffers: list[torch.Tensor] = []  # two, of the largest bucket's size; kept between syncs
         self.items: list[tuple[str, torch.Tensor]] = []
         self.buckets: list[list[int]] = []

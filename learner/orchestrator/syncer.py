@@ -72,6 +72,8 @@ class WeightSyncer:
         bucket = cfg.weight_sync.bucket_mb << 20
         metas = source.prepare(resolve_dtype(cfg.rollout.dtype), bucket, self.device)
         payload = {"version": version, "tensors": [list(m) for m in metas], "bucket_bytes": bucket}
+        if source.adapter is not None:  # LoRA: the tensors are the adapter's; generators serve it as a vLLM LoRA
+            payload["lora"] = source.adapter
         retry = False
         while True:
             members = self._live_members()

@@ -22,6 +22,7 @@ from asyncrl.config import LoggingSection, RunSection
 from asyncrl.hardware import autocast_bf16_ok
 from asyncrl.metrics import MetricsLogger
 from asyncrl.train_config import TrainSection
+from learner.fsdp.model import trainable
 from learner.microbatch import rank_micro_batches
 
 log = logging.getLogger("learner.supervised")
@@ -61,7 +62,7 @@ class SupervisedRun:
         t = cfg.train
         self.steps_per_epoch = math.ceil(n_train / t.batch_size)
         self.total_steps = min(cfg.run.max_steps, t.epochs * self.steps_per_epoch)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable(model), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total_steps, t.min_lr_ratio))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()

@@ -75,7 +75,8 @@ class SFTTrainer(SupervisedTrainer):
         torch.manual_seed(cfg.run.seed)
         d = cfg.data
         train, test = inputs or check_sft_inputs(cfg.model.path, d)
-        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.train)
+        self.model, self.tokenizer = load_policy(cfg.model.path, cfg.model.learner_dtype, cfg.train,
+                                                 lora=cfg.train.lora, lora_key="train.lora")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         self.train = encode_all(self.tokenizer, train, d.max_tokens, d.train)

@@ -1,0 +1,191 @@
+"""LoRA training (issue 16): the learner's adapters, adapter-only syncs into a live vLLM engine, exports.
+
+The round trip compares a live engine that received two adapter-only broadcasts (as in-memory vLLM
+LoRAs) with (a) a fresh engine on the merged export and (b) the same engine given the PEFT
+directory the learner writes: greedy tokens equal, sampled-token log-probs within 1e-4 (fp32).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from asyncrl.config import LoraSection, validate_config
+from asyncrl.weight_sync import SyncGroup, send_state, tensor_metas
+from tests.conftest import free_port
+from tests.test_weight_roundtrip import PROMPTS, _greedy
+
+LORA = LoraSection(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+                   modules_to_save=["norm"])
+
+
+def _adapted(model_dir: Path, seed: int, cfg: LoraSection = LORA):
+    """The tiny model with random (non-zero) adapters and a perturbed final norm, unsharded."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.fsdp.lora import apply_lora
+
+    peft = apply_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), cfg, model_dir)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * (0.5 if "lora_B" in name else 0.2))
+    return peft
+
+
+def _write_merged(peft, model_dir: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learner.fsdp import lora
+    from learner.fsdp.model import _write_hf
+
+    state = {k: v.detach() for k, v in peft.state_dict().items()}
+    merged = lora.merged_state(state, lora.adapter_config(peft))
+    _write_hf(lora.base_model(peft), AutoTokenizer.from_pretrained(model_dir), merged, out, AutoModelForCausalLM)
+    lora.save_adapter(peft, state, out / "adapter")
+    return out
+
+
+def test_learner_side_names_merge_and_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Sync names are PEFT's saved ones (vLLM parses them); the merge equals PEFT's own; the reference
+    (adapters off) is the base model; only adapters and modules_to_save train."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from learner.fsdp import lora
+
+    peft = _adapted(tiny_model_dir, seed=0)
+    state = {k: v.detach() for k, v in peft.state_dict().items()}
+    items = lora.sync_items(state)
+    names = [n for n, _ in items]
+    assert names and all(".default" not in n for n in names)
+    full = {n for n in names if not lora.is_adapter_tensor(n)}  # PEFT matches "norm" as a suffix: every norm
+    assert "model.norm.weight" in full and "model.layers.1.input_layernorm.weight" in full
+    assert all(n.endswith("norm.weight") for n in full)
+    assert all(n.startswith("base_model.model.model.layers.") and n.endswith((".lora_A.weight", ".lora_B.weight"))
+               for n in names if lora.is_adapter_tensor(n))
+    trained = {n for n, p in peft.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n or ".modules_to_save." in n for n in trained)
+
+    ids = torch.tensor([PROMPTS[0]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        ref = lora.AdapterOff(peft)(input_ids=ids).logits
+        assert torch.equal(ref, base(input_ids=ids).logits)
+        adapted = peft(input_ids=ids).logits
+        assert (adapted - ref).abs().max() > 1e-2  # the adapters do something
+
+    out = _write_merged(peft, tiny_model_dir, tmp_path / "export")
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                                         out / "adapter")
+    with torch.no_grad():
+        assert (merged(input_ids=ids).logits - adapted).abs().max() < 1e-4
+        assert (reloaded(input_ids=ids).logits - adapted).abs().max() < 1e-5
+
+
+def test_lora_config_errors_name_the_key(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from learner.fsdp.lora import LoraConfigError, apply_lora
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    for bad, words in [({"target_modules": ["qkv"]}, "learner.lora.target_modules: ['qkv']"),
+                       ({"modules_to_save": ["lm_head"]}, "embeddings / LM head"),
+                       ({"modules_to_save": ["mlp.up_proj"]}, "learner.lora.modules_to_save"),
+                       ({"modules_to_save": ["nope"]}, "match no module")]:
+        with pytest.raises(LoraConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            apply_lora(fresh(), LoraSection(rank=4, **bad), tiny_model_dir)
+
+
+ADAPTERS_ONLY = LORA.model_copy(update={"modules_to_save": []})  # vLLM loads its PEFT dir too
+
+
+def _cfg(model: Path, port: int, tp: int = 1, lora_cfg: LoraSection = LORA):
+    return validate_config({
+        "model": {"path": str(model)}, "data": {"train": "unused.parquet", "max_prompt_tokens": 64},
+        "rollout": {"dtype": "float32", "tensor_parallel_size": tp, "kv_cache_gb": 0.125},
+        "sampling": {"max_new_tokens": 24, "n": 2},
+        "learner": {"lora": lora_cfg.model_dump()}, "weight_sync": {"address": f"127.0.0.1:{port}", "timeout_s": 120}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("tp", "lora_cfg"), [(1, ADAPTERS_ONLY), (2, LORA)], ids=["tp1-peft-dir", "tp2-norm"])
+def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path: Path, tp: int,
+                                                 lora_cfg: LoraSection) -> None:
+    """Two adapter-only syncs into a live LoRA engine (TP workers each get whole tensors and slice
+    them), then: greedy tokens equal and log-probs within 1e-4 of a fresh engine on the merged
+    export, and (no modules_to_save: vLLM refuses those in a PEFT dir) of the same engine given the
+    PEFT directory; a request still naming the first sync's adapter id is served the second's; the
+    first sync's adapter is gone. ``tp2-norm`` also trains the final norm in full (synced as a full
+    tensor into the base model)."""
+    from vllm.lora.request import LoRARequest
+
+    from learner.fsdp import lora
+    from rollout.lora import AdapterEngine, adapter_id, lora_request
+    from rollout.worker import build_engine
+
+    port = free_port()
+    cfg = _cfg(tiny_model_dir, port, tp, lora_cfg)
+    decoy, update = _adapted(tiny_model_dir, 1, lora_cfg), _adapted(tiny_model_dir, 2, lora_cfg)
+    with_dir = not lora_cfg.modules_to_save
+    _write_merged(update, tiny_model_dir, tmp_path / "merged")
+    config = lora.adapter_config(update)
+
+    async def sync(live, group: SyncGroup, peft, version: int) -> dict:
+        named = lora.sync_items({k: v.detach() for k, v in peft.state_dict().items()})
+        metas = tensor_metas(named, "float32")
+        sender = threading.Thread(target=send_state, args=(group, named, "float32", 1 << 14))
+        sender.start()  # small buckets: several broadcasts
+        await live.pause_generation(mode="keep", clear_cache=False)
+        await live.collective_rpc("asyncrl_receive_lora",
+                                  args=([list(m) for m in metas], 1 << 14, config, adapter_id(version)))
+        await live.reset_prefix_cache(reset_running_requests=True)
+        await live.resume_generation()
+        sender.join()
+        lasts = await live.collective_rpc("asyncrl_last_sync")
+        assert len(lasts) == tp and {x["path"] for x in lasts} == {"lora"}
+        return lasts[0]
+
+    async def scenario():
+        live = build_engine(cfg, seed=0)
+        base = await _greedy(live, "base")
+        group: dict[str, SyncGroup] = {}
+        t = threading.Thread(target=lambda: group.setdefault(
+            "g", SyncGroup("127.0.0.1", port, 0, 1 + tp, timeout_s=120)))
+        t.start()
+        await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 1 + tp, 120.0, "gloo"))
+        t.join()
+        await sync(live, group["g"], decoy, 0)
+        first = await _greedy(AdapterEngine(live, lambda: lora_request(0)), "v0")
+        last = await sync(live, group["g"], update, 1)
+        registered = await live.list_loras()
+        synced = await _greedy(AdapterEngine(live, lambda: lora_request(1)), "v1")
+        stale_id = await _greedy(AdapterEngine(live, lambda: lora_request(0)), "v0-after")  # served with v1
+        from_dir = await _greedy(AdapterEngine(live, lambda: LoRARequest("peft-dir", 99, str(
+            tmp_path / "merged" / "adapter"))), "dir") if with_dir else None
+        live.shutdown()
+        del live
+        fresh_cfg = _cfg(tmp_path / "merged", free_port(), tp)
+        fresh_cfg.learner.lora = LoraSection()
+        fresh = build_engine(fresh_cfg, seed=0)
+        ref = await _greedy(fresh, "fresh")
+        fresh.shutdown()
+        del fresh
+        return base, first, synced, stale_id, from_dir, ref, last, registered
+
+    base, first, synced, stale_id, from_dir, ref, last, registered = asyncio.run(scenario())
+    assert set(registered) == {adapter_id(1)}  # the first sync's adapter was removed
+    assert last["bytes"] > 0 and last["adapter_id"] == adapter_id(1)
+    assert [a[0] for a in first] != [b[0] for b in base] and [a[0] for a in synced] != [b[0] for b in first]
+    for name, got in [("synced", synced), ("stale id", stale_id)] + [("PEFT dir", from_dir)] * with_dir:
+        for (toks, lps), (ref_toks, ref_lps) in zip(got, ref):
+            assert toks == ref_toks, name
+            assert max(abs(a - b) for a, b in zip(lps, ref_lps)) < 1e-4, name
