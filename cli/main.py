@@ -204,7 +204,7 @@ def keys(out: Path = typer.Option(..., "--out", help="Directory for the CURVE ke
 
 BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",
               "async": "bench_async", "weight-sync": "bench_weight_sync", "trl": "bench_trl",
-              "scaling": "bench_scaling"}
+              "scaling": "bench_scaling", "lora": "bench_lora"}
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -215,6 +215,7 @@ class Learner(LearnerRank):
         stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
         orch.trained(groups)
         sync_s = orch.publish_weights() if orch.version % self.cfg.learner.sync_every == 0 else 0.0
+        stats["weight_sync_mb"] = orch.syncer.last_mb if sync_s else 0.0
         now = time.perf_counter()
         times = StepTimes(trained_at=version, sync_s=sync_s, step_s=now - last, time_s=now - start)
         return orch.record(step, groups, stats, times), now

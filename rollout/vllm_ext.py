@@ -125,11 +125,12 @@ class WeightSyncExtension:
         digests: list[str] | None = [] if verify else None
         adapter: dict[str, torch.Tensor] = {}
         full: list[tuple[str, torch.Tensor]] = []
-        timed = _Timed(receive_state(group, metas, bucket_bytes, device="cpu", buffers=buffers, digests=digests))
+        device = getattr(self.model_runner, "device", "cpu")  # NCCL receives into device buffers
+        timed = _Timed(receive_state(group, metas, bucket_bytes, device=device, buffers=buffers, digests=digests))
         try:
-            for name, t in timed:  # clones: the buffers are reused by the next sync
+            for name, t in timed:  # CPU copies (the buffers are reused): vLLM builds adapters on CPU too
                 if ".lora_" in name:
-                    adapter[name] = t.clone()
+                    adapter[name] = t.to("cpu", copy=True)
                 else:
                     full.append((name, t))
             lora = self._asyncrl_build_lora(lora_id, adapter, config)
@@ -141,12 +142,19 @@ class WeightSyncExtension:
         manager = self.model_runner.lora_manager
         self._asyncrl_adapter = (adapter, config)
         if not getattr(self, "_asyncrl_hooked", False):  # serve older ids with the current adapter
+            from rollout.lora_ops import install
+
             original = manager._load_adapter
             manager._load_adapter = lambda req: self._asyncrl_load_adapter(req, original)
             self._asyncrl_hooked = True
+            if install(manager._adapter_manager):
+                log.info("LoRA on CPU: grouped per-adapter matmuls instead of vLLM's per-token weight gather")
+        from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+
         for old in manager.list_adapters():
             manager.remove_adapter(old)
-        manager._adapter_manager.add_adapter(lora)
+        with gpu_sync_allowed():  # as vLLM's own add_adapter (a no-op unless its sync debugging is on)
+            manager._adapter_manager.add_adapter(lora)
         total = time.perf_counter() - t0
         nbytes = sum(t.numel() * t.element_size() for t in adapter.values()) + sum(
             t.numel() * t.element_size() for _, t in full)

@@ -17,6 +17,7 @@ import torch
 from asyncrl.config import LoraSection, validate_config
 from asyncrl.weight_sync import SyncGroup, send_state, tensor_metas
 from tests.conftest import free_port
+from tests.e2e import read_metrics
 from tests.test_weight_roundtrip import PROMPTS, _greedy
 
 LORA = LoraSection(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
@@ -189,3 +190,113 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
         for (toks, lps), (ref_toks, ref_lps) in zip(got, ref):
             assert toks == ref_toks, name
             assert max(abs(a - b) for a, b in zip(lps, ref_lps)) < 1e-4, name
+
+
+LORA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu_lora.toml"
+
+
+def _logits_agree(export: Path, base_dir: Path) -> float:
+    """Max |merged export - (base + PEFT adapter)| of logits on one prompt."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([PROMPTS[1]])
+    merged = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                     export / "adapter")
+    with torch.no_grad():
+        return float((merged(input_ids=ids).logits - peft(input_ids=ids).logits).abs().max())
+
+
+@pytest.mark.slow
+def test_lora_run_two_ranks_serves_the_learners_adapter_and_resumes_exactly(
+        tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
+    """``asyncrl up configs/tiny_cpu_lora.toml`` on two FSDP2 ranks, on-policy: the generator's
+    log-probs (its vLLM LoRA) equal the learner's (< 1e-3), the KL to the base (adapters off) is
+    measured, syncs carry the adapter only, exports hold the PEFT adapter and a merged model that
+    agree; resuming the step-3 checkpoint reproduces steps 4-6 exactly."""
+    import shutil
+
+    from tests.conftest import data_overrides
+    from tests.e2e import run_up
+
+    sets = data_overrides(tiny_model_dir, arith_dir) + [
+        "learner.max_staleness=0", "learner.world_size=2", "learner.checkpoint_every=3", "learner.keep_checkpoints=2",
+        "learner.val_every=0"]
+    run = tmp_path / "run"
+    res = run_up(LORA_CONFIG, run, sets, max_steps=6, timeout_s=400)
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "LoRA adapter 7 installed" in res.stdout  # version 6 -> adapter id 7
+    steps = {r["step"]: r for r in read_metrics(run) if "reward_mean" in r}
+    assert sorted(steps) == list(range(1, 7))
+    diffs = [r["logprob_abs_diff"] for r in steps.values()]
+    print("mean |behaviour - learner| logprob per step:", diffs)
+    assert max(diffs) < 1e-3
+    assert all(r["grad_norm"] > 0 for r in steps.values()) and steps[6]["kl_loss"] > 0
+    final = run / "checkpoints" / "final"
+    assert (final / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # the adapter alone
+    assert _logits_agree(final, tiny_model_dir) < 1e-4
+    assert _logits_agree(run / "checkpoints" / "step_000006" / "hf", tiny_model_dir) < 1e-4
+
+    resumed = tmp_path / "resumed"  # the run as it was at step 3's checkpoint
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("step_000006", "final"))
+    res = run_up(LORA_CONFIG, resumed, sets + ["run.resume=true"], max_steps=6, timeout_s=400)
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "resumed from" in res.stdout
+    again = {r["step"]: r for r in read_metrics(resumed) if "reward_mean" in r}
+    assert sorted(again) == list(range(1, 7))
+    for step in (4, 5, 6):
+        assert again[step]["prompt_ids"] == steps[step]["prompt_ids"], step
+        assert again[step]["loss"] == pytest.approx(steps[step]["loss"], abs=1e-5), step
+        assert again[step]["reward_mean"] == pytest.approx(steps[step]["reward_mean"], abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_sft_with_lora(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``asyncrl sft`` with ``[train.lora]``: the loss falls training adapters only; the export is
+    the merged model plus the PEFT adapter, and they agree."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import SFT_PAIRS, sft
+
+    data = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": p, "response": r} for p, r in SFT_PAIRS] * 4), data)
+    res = sft(tmp_path, f"model.path={tiny_model_dir}", f"data.train={data}", "train.epochs=100",
+              "train.batch_size=8", "train.lr=3e-2", "train.lora.rank=8", "train.lora.alpha=16", max_steps=20)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    loss = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert loss[-1] < 0.5 * loss[0], loss
+    assert _logits_agree(tmp_path / "run" / "checkpoints" / "final", tiny_model_dir) < 1e-4
+
+
+def test_grouped_cpu_lora_ops_equal_vllms() -> None:
+    """rollout/lora_ops.py computes what vLLM 0.32's torch ops compute (mixed adapter slots, -1)."""
+    import vllm.lora.ops.torch_ops.lora_ops as theirs
+
+    from rollout import lora_ops as ours
+
+    assert theirs.bgmv_shrink is not ours.bgmv_shrink  # vLLM's own, not ours installed in this process
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 12, generator=g)
+    a = torch.randn(3, 1, 4, 12, generator=g)  # shrink weights: [slots, 1, r, in]
+    b = torch.randn(3, 1, 10, 4, generator=g)  # expand weights: [slots, 1, out, r]
+    h = torch.randn(7, 4, generator=g)
+    for idx in (torch.tensor([0, 0, 1, 1, 2, -1, 0]), torch.tensor([1] * 7)):
+        y1, y2 = torch.zeros(7, 4), torch.zeros(7, 4)
+        theirs.bgmv_shrink(x, a, y1, idx, 0.5)
+        ours.bgmv_shrink(x, a, y2, idx, 0.5)
+        assert torch.allclose(y1, y2, atol=1e-5)
+        for add in (True, False):
+            z1, z2 = torch.ones(7, 16), torch.ones(7, 16)
+            theirs.bgmv_expand(h, b, z1, idx, add)
+            ours.bgmv_expand(h, b, z2, idx, add)
+            assert torch.allclose(z1, z2, atol=1e-5)
+            theirs.bgmv_expand_slice(h, b, z1, idx, 3, 10, add)
+            ours.bgmv_expand_slice(h, b, z2, idx, 3, 10, add)
+            assert torch.allclose(z1, z2, atol=1e-5)
+    seq_lens, per_seq = torch.tensor([3, 4]), torch.tensor([2, -1])
+    y1, y2 = torch.zeros(7, 4), torch.zeros(7, 4)
+    theirs.sgmv_shrink(x, a, y1, None, seq_lens, per_seq, 2, 4, 7, 1.0)
+    ours.sgmv_shrink(x, a, y2, None, seq_lens, per_seq, 2, 4, 7, 1.0)
+    assert torch.allclose(y1, y2, atol=1e-5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -32,7 +33,15 @@ import torch
 from asyncrl import messages
 from asyncrl.config import RunConfig, parse_address
 from asyncrl.hardware import resolve_dtype
-from asyncrl.weight_sync import DigestingGroup, SyncGroup, WeightSyncTimeout, connect_store, group_layout, sync_backend
+from asyncrl.weight_sync import (
+    DigestingGroup,
+    SyncGroup,
+    WeightSyncTimeout,
+    connect_store,
+    dtype_of,
+    group_layout,
+    sync_backend,
+)
 from learner.fsdp.stream_sync import SyncSource
 from learner.orchestrator.membership import Members
 from learner.orchestrator.state import OrchestratorState
@@ -51,6 +60,7 @@ class WeightSyncer:
         self.group: SyncGroup | None = None
         self.members: Members = {}  # who the current group was formed with
         self.epoch = -1
+        self.last_mb = 0.0  # MiB the last sync broadcast (per receiver): the adapter alone under LoRA
         # The store is a plain TCPStore anyone reaching its port can write to: this run's group keys
         # live under a secret only generators learn, over the (CURVE-authenticated) control channel.
         self.namespace = secrets.token_hex(16)
@@ -71,6 +81,7 @@ class WeightSyncer:
         t0 = time.perf_counter()
         bucket = cfg.weight_sync.bucket_mb << 20
         metas = source.prepare(resolve_dtype(cfg.rollout.dtype), bucket, self.device)
+        self.last_mb = sum(math.prod(shape) * dtype_of(dt).itemsize for _, dt, shape in metas) / 2**20
         payload = {"version": version, "tensors": [list(m) for m in metas], "bucket_bytes": bucket}
         if source.adapter is not None:  # LoRA: the tensors are the adapter's; generators serve it as a vLLM LoRA
             payload["lora"] = source.adapter
