@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.asyncrl-installed
 QUICKSTART_DIR ?= runs/quickstart
 QUICKSTART_TOOLS_DIR ?= runs/quickstart_tools
+QUICKSTART_LORA_DIR ?= runs/quickstart_lora
 
-.PHONY: install lint test test-all test-fast quickstart quickstart-tools bench gpu-wheels gpu-check clean
+.PHONY: install lint test test-all test-fast quickstart quickstart-tools quickstart-lora bench gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -46,6 +47,12 @@ quickstart: $(STAMP)
 	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
 	test -f data/arith/train.parquet || $(VENV)/bin/asyncrl data arith --out data/arith
 	$(VENV)/bin/asyncrl up configs/quickstart.toml --run-dir $(QUICKSTART_DIR)
+
+# The quickstart with LoRA adapters (configs/quickstart_lora.toml; docs/lora.md).
+quickstart-lora: $(STAMP)
+	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
+	test -f data/arith/train.parquet || $(VENV)/bin/asyncrl data arith --out data/arith
+	$(VENV)/bin/asyncrl up configs/quickstart_lora.toml --run-dir $(QUICKSTART_LORA_DIR)
 
 # Multi-turn tool use (configs/quickstart_tools.toml): SFT warm start on calculator transcripts, then RL.
 quickstart-tools: $(STAMP)

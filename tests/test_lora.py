@@ -109,24 +109,36 @@ def test_lora_config_errors_name_the_key(tiny_model_dir: Path) -> None:
 ADAPTERS_ONLY = LORA.model_copy(update={"modules_to_save": []})  # vLLM loads its PEFT dir too
 
 
-def _cfg(model: Path, port: int, tp: int = 1, lora_cfg: LoraSection = LORA):
+def _cfg(model: Path, port: int, tp: int = 1, lora_cfg: LoraSection = LORA, dtype: str = "float32"):
     return validate_config({
         "model": {"path": str(model)}, "data": {"train": "unused.parquet", "max_prompt_tokens": 64},
-        "rollout": {"dtype": "float32", "tensor_parallel_size": tp, "kv_cache_gb": 0.125},
+        "rollout": {"dtype": dtype, "tensor_parallel_size": tp, "kv_cache_gb": 0.125},
         "sampling": {"max_new_tokens": 24, "n": 2},
         "learner": {"lora": lora_cfg.model_dump()}, "weight_sync": {"address": f"127.0.0.1:{port}", "timeout_s": 120}})
 
 
+# (max |log-prob difference| allowed, and over how many leading tokens: bf16 rounds W + sBA and
+# base + LoRA differently, so greedy paths may part after a near tie; the fp32 ones may not)
+TOLERANCE = {"float32": (1e-4, None), "bfloat16": (0.1, 4)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("tp", "lora_cfg"), [(1, ADAPTERS_ONLY), (2, LORA)], ids=["tp1-peft-dir", "tp2-norm"])
+
+@pytest.mark.parametrize(("tp", "lora_cfg", "dtype"), [
+    # make test: TP 2 and the PEFT directory; the norms trained in full are checked end to end by
+    # test_lora_run_two_ranks_... (its generator log-probs equal the learner's); make test-all adds
+    # tp1-norm and the bf16 tolerance
+    pytest.param(1, LORA, "float32", marks=pytest.mark.extended), (2, ADAPTERS_ONLY, "float32"),
+    pytest.param(1, ADAPTERS_ONLY, "bfloat16", marks=pytest.mark.extended)],
+    ids=["tp1-norm", "tp2-peft-dir", "tp1-bf16"])
 def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path: Path, tp: int,
-                                                 lora_cfg: LoraSection) -> None:
+                                                 lora_cfg: LoraSection, dtype: str) -> None:
     """Two adapter-only syncs into a live LoRA engine (TP workers each get whole tensors and slice
     them), then: greedy tokens equal and log-probs within 1e-4 of a fresh engine on the merged
     export, and (no modules_to_save: vLLM refuses those in a PEFT dir) of the same engine given the
     PEFT directory; a request still naming the first sync's adapter id is served the second's; the
-    first sync's adapter is gone. ``tp2-norm`` also trains the final norm in full (synced as a full
-    tensor into the base model)."""
+    first sync's adapter is gone. ``tp1-norm`` also trains the norms in full (synced as full
+    tensors into the base model)."""
     from vllm.lora.request import LoRARequest
 
     from learner.fsdp import lora
@@ -134,7 +146,7 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
     from rollout.worker import build_engine
 
     port = free_port()
-    cfg = _cfg(tiny_model_dir, port, tp, lora_cfg)
+    cfg = _cfg(tiny_model_dir, port, tp, lora_cfg, dtype)
     decoy, update = _adapted(tiny_model_dir, 1, lora_cfg), _adapted(tiny_model_dir, 2, lora_cfg)
     with_dir = not lora_cfg.modules_to_save
     _write_merged(update, tiny_model_dir, tmp_path / "merged")
@@ -142,8 +154,8 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
 
     async def sync(live, group: SyncGroup, peft, version: int) -> dict:
         named = lora.sync_items({k: v.detach() for k, v in peft.state_dict().items()})
-        metas = tensor_metas(named, "float32")
-        sender = threading.Thread(target=send_state, args=(group, named, "float32", 1 << 14))
+        metas = tensor_metas(named, dtype)
+        sender = threading.Thread(target=send_state, args=(group, named, dtype, 1 << 14))
         sender.start()  # small buckets: several broadcasts
         await live.pause_generation(mode="keep", clear_cache=False)
         await live.collective_rpc("asyncrl_receive_lora",
@@ -174,7 +186,7 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
             tmp_path / "merged" / "adapter"))), "dir") if with_dir else None
         live.shutdown()
         del live
-        fresh_cfg = _cfg(tmp_path / "merged", free_port(), tp)
+        fresh_cfg = _cfg(tmp_path / "merged", free_port(), tp, dtype=dtype)
         fresh_cfg.learner.lora = LoraSection()
         fresh = build_engine(fresh_cfg, seed=0)
         ref = await _greedy(fresh, "fresh")
@@ -186,10 +198,15 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
     assert set(registered) == {adapter_id(1)}  # the first sync's adapter was removed
     assert last["bytes"] > 0 and last["adapter_id"] == adapter_id(1)
     assert [a[0] for a in first] != [b[0] for b in base] and [a[0] for a in synced] != [b[0] for b in first]
+    tol, prefix = TOLERANCE[dtype]
     for name, got in [("synced", synced), ("stale id", stale_id)] + [("PEFT dir", from_dir)] * with_dir:
+        worst = 0.0
         for (toks, lps), (ref_toks, ref_lps) in zip(got, ref):
-            assert toks == ref_toks, name
-            assert max(abs(a - b) for a, b in zip(lps, ref_lps)) < 1e-4, name
+            assert toks[:prefix] == ref_toks[:prefix], name
+            same = next((i for i, (a, b) in enumerate(zip(toks, ref_toks)) if a != b), len(toks))
+            worst = max([worst] + [abs(a - b) for a, b in zip(lps[:same], ref_lps[:same])])
+        print(f"{dtype} {name}: max |log-prob - merged engine's| = {worst:.2e}")
+        assert worst < tol, name
 
 
 LORA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu_lora.toml"
@@ -233,6 +250,12 @@ def test_lora_run_two_ranks_serves_the_learners_adapter_and_resumes_exactly(
     print("mean |behaviour - learner| logprob per step:", diffs)
     assert max(diffs) < 1e-3
     assert all(r["grad_norm"] > 0 for r in steps.values()) and steps[6]["kl_loss"] > 0
+    from benchmarks.bench_lora import side  # asyncrl bench lora's figures, read from this run
+
+    figures = side(run)
+    print("bench lora figures of this run:", figures)
+    assert 0 < figures["sync_mb"] < 0.2 and figures["sync_s"] > 0 and figures["samples_per_s"] > 0
+    assert figures["generator_pause_ms"] > 0 and figures["learner_peak_rss_mb"] > 0
     final = run / "checkpoints" / "final"
     assert (final / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # the adapter alone
     assert _logits_agree(final, tiny_model_dir) < 1e-4
@@ -300,3 +323,21 @@ def test_grouped_cpu_lora_ops_equal_vllms() -> None:
     theirs.sgmv_shrink(x, a, y1, None, seq_lens, per_seq, 2, 4, 7, 1.0)
     ours.sgmv_shrink(x, a, y2, None, seq_lens, per_seq, 2, 4, 7, 1.0)
     assert torch.allclose(y1, y2, atol=1e-5)
+
+
+def test_engine_args_and_config_keys(tmp_path: Path) -> None:
+    """The generator's vLLM LoRA settings follow [learner.lora]; rm-train refuses [train.lora]."""
+    from asyncrl.config import ConfigError, load_config
+    from asyncrl.train_config import RMConfig
+    from rollout.lora import engine_lora_args, vllm_max_rank
+
+    assert [vllm_max_rank(r) for r in (1, 4, 8, 16, 17, 300)] == [1, 8, 8, 16, 32, 320]
+    cfg = _cfg(tmp_path, 1, lora_cfg=LoraSection(rank=12, target_modules=["q_proj", "v_proj"]))
+    assert engine_lora_args(cfg) == {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16,
+                                     "lora_target_modules": ["q_proj", "v_proj"]}
+    cfg.learner.lora = LoraSection()
+    assert engine_lora_args(cfg) == {}
+    toml = tmp_path / "rm.toml"
+    toml.write_text('[model]\npath = "m"\n[data]\ntrain = "t.parquet"\n[train.lora]\nrank = 8\n')
+    with pytest.raises(ConfigError, match="train.lora: asyncrl rm-train trains the whole reward model"):
+        load_config(toml, schema=RMConfig)
