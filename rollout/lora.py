@@ -68,7 +68,10 @@ class AdapterEngine:
         self._engine, self._current = engine, current
 
     def generate(self, prompt: Any, params: Any, request_id: str, **kwargs: Any) -> AsyncIterator[Any]:
-        return self._engine.generate(prompt, params, request_id=request_id, lora_request=self._current(), **kwargs)
+        adapter = self._current()
+        if adapter is not None:  # none before the first LoRA sync, and never without LoRA
+            kwargs["lora_request"] = adapter
+        return self._engine.generate(prompt, params, request_id=request_id, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)

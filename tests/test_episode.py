@@ -130,11 +130,14 @@ def test_episodes_on_vllm(tiny_model_dir: Path) -> None:
         theirs = _learner_logprobs(hf, prompt, ep)
         trained = torch.tensor(ep.loss_mask, dtype=torch.bool)
         assert (mine[trained] - theirs[trained]).abs().max() < 2e-3  # token in / token out: same tokens, same log-probs
-    # the version moved on at every step (3 episodes x 3 steps): each turn carries the version it was made under
+    # the version moved on at every step (3 concurrent episodes x 3 steps, one shared clock): each token
+    # carries the version it was made under, so within a turn they never go back (another episode's
+    # step may land mid-turn, like a sync), and this episode's own step puts its next turn past them
     first = group[0]
-    turn_versions = [{v for v in first.versions[s:e] if v >= 0}
+    turn_versions = [[v for v in first.versions[s:e] if v >= 0]
                      for s, e in zip(first.turn_starts, first.turn_starts[1:] + [len(first.versions)])]
-    assert all(len(v) == 1 for v in turn_versions) and len({min(v) for v in turn_versions}) == 3
+    assert all(v == sorted(v) and v for v in turn_versions)
+    assert all(min(b) > max(a) for a, b in zip(turn_versions, turn_versions[1:]))
     row = first.row(_item(prompt, 3), 0, 0, 9)
     assert row["policy_version"] == min(turn_versions[0]) and row["policy_version_end"] == max(turn_versions[2])
     # per-(sample, turn) seeds: samples differ, the same sample repeats exactly

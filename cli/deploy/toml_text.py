@@ -1,6 +1,6 @@
 """A run config as TOML text: only the keys that differ from the defaults, sections in schema order.
 
-Enough TOML for what :class:`~asyncrl.config.RunConfig` holds (tables, strings, numbers,
+Enough TOML for what :class:`~asyncrl.config.RunConfig` holds (tables and sub-tables, strings, numbers,
 booleans, flat lists); the text reads back into an equal config::
 
     text = config_toml(cfg)
@@ -18,13 +18,21 @@ from cli.deploy.common import DeployError
 
 
 def config_toml(cfg: RunConfig) -> str:
-    data = cfg.model_dump(mode="json", exclude_defaults=True)
-    blocks = []
-    for section, values in data.items():
-        lines = [f"{key} = {_value(v, f'{section}.{key}')}" for key, v in values.items() if v is not None]
-        if lines:
-            blocks.append("\n".join([f"[{section}]"] + lines))
+    blocks: list[str] = []
+    for section, values in cfg.model_dump(mode="json", exclude_defaults=True).items():
+        _table(section, values, blocks)
     return "\n\n".join(blocks) + "\n"
+
+
+def _table(name: str, values: dict[str, Any], blocks: list[str]) -> None:
+    """``[name]`` with its plain keys, then its sub-tables (``[learner.lora]``) after it."""
+    lines = [f"{key} = {_value(v, f'{name}.{key}')}" for key, v in values.items()
+             if v is not None and not isinstance(v, dict)]
+    if lines:
+        blocks.append("\n".join([f"[{name}]"] + lines))
+    for key, v in values.items():
+        if isinstance(v, dict):
+            _table(f"{name}.{key}", v, blocks)
 
 
 def _value(v: Any, key: str) -> str:
