@@ -119,7 +119,7 @@ def _cfg(model: Path, port: int, tp: int = 1, lora_cfg: LoraSection = LORA, dtyp
 
 # (max |log-prob difference| allowed, and over how many leading tokens: bf16 rounds W + sBA and
 # base + LoRA differently, so greedy paths may part after a near tie; the fp32 ones may not)
-TOLERANCE = {"float32": (1e-4, None), "bfloat16": (0.1, 4)}
+TOLERANCE = {"float32": (1e-4, None), "bfloat16": (2e-2, 4)}  # measured: 4.8e-7 and 4.5e-3
 
 
 @pytest.mark.slow
