@@ -228,7 +228,8 @@ def _logits_agree(export: Path, base_dir: Path) -> float:
 @pytest.mark.slow
 def test_lora_run_two_ranks_serves_the_learners_adapter_and_resumes_exactly(
         tiny_model_dir: Path, arith_dir: Path, tmp_path: Path) -> None:
-    """``asyncrl up configs/tiny_cpu_lora.toml`` on two FSDP2 ranks, on-policy: the generator's
+    """``asyncrl up configs/tiny_cpu_lora.toml`` on two FSDP2 ranks with a GAE critic (a full model
+    next to the LoRA policy), on-policy: the generator's
     log-probs (its vLLM LoRA) equal the learner's (< 1e-3), the KL to the base (adapters off) is
     measured, syncs carry the adapter only, exports hold the PEFT adapter and a merged model that
     agree; resuming the step-3 checkpoint reproduces steps 4-6 exactly."""
@@ -239,7 +240,7 @@ def test_lora_run_two_ranks_serves_the_learners_adapter_and_resumes_exactly(
 
     sets = data_overrides(tiny_model_dir, arith_dir) + [
         "learner.max_staleness=0", "learner.world_size=2", "learner.checkpoint_every=3", "learner.keep_checkpoints=2",
-        "learner.val_every=0"]
+        "learner.val_every=0", "algorithm.advantage=gae", "algorithm.critic_lr=1e-3"]  # a full-model critic too
     run = tmp_path / "run"
     res = run_up(LORA_CONFIG, run, sets, max_steps=6, timeout_s=400)
     assert res.returncode == 0, res.stdout[-6000:]
@@ -250,6 +251,7 @@ def test_lora_run_two_ranks_serves_the_learners_adapter_and_resumes_exactly(
     print("mean |behaviour - learner| logprob per step:", diffs)
     assert max(diffs) < 1e-3
     assert all(r["grad_norm"] > 0 for r in steps.values()) and steps[6]["kl_loss"] > 0
+    assert all("value_loss" in r for r in steps.values())  # the critic trained
     from benchmarks.bench_lora import side  # asyncrl bench lora's figures, read from this run
 
     figures = side(run)
