@@ -18,7 +18,7 @@ from asyncrl.config import LoraSection, validate_config
 from asyncrl.weight_sync import SyncGroup, send_state, tensor_metas
 from tests.conftest import free_port
 from tests.e2e import read_metrics
-from tests.test_weight_roundtrip import PROMPTS, _greedy
+from tests.test_weight_roundtrip import PROMPTS, _greedy, join_learner_group
 
 LORA = LoraSection(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
                    modules_to_save=["norm"])
@@ -170,12 +170,7 @@ def test_adapter_sync_equals_merged_and_peft_dir(tiny_model_dir: Path, tmp_path:
     async def scenario():
         live = build_engine(cfg, seed=0)
         base = await _greedy(live, "base")
-        group: dict[str, SyncGroup] = {}
-        t = threading.Thread(target=lambda: group.setdefault(
-            "g", SyncGroup("127.0.0.1", port, 0, 1 + tp, timeout_s=120)))
-        t.start()
-        await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 1 + tp, 120.0, "gloo"))
-        t.join()
+        group = {"g": await join_learner_group(live, port, tp)}
         await sync(live, group["g"], decoy, 0)
         first = await _greedy(AdapterEngine(live, lambda: lora_request(0)), "v0")
         last = await sync(live, group["g"], update, 1)

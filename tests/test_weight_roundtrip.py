@@ -47,6 +47,16 @@ async def _greedy(engine, tag: str) -> list[tuple[list[int], list[float]]]:
     return out
 
 
+async def join_learner_group(live, port: int, tp: int) -> SyncGroup:
+    """This process as the learner (rank 0) of a weight-sync group with ``live``'s ``tp`` workers."""
+    group: dict[str, SyncGroup] = {}
+    t = threading.Thread(target=lambda: group.setdefault("g", SyncGroup("127.0.0.1", port, 0, 1 + tp, timeout_s=120)))
+    t.start()
+    await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 1 + tp, 120.0, "gloo"))
+    t.join()
+    return group["g"]
+
+
 def _untied_copy(src: Path, dst: Path) -> Path:
     """The same model with a separate lm_head (initialised to the embedding)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -147,12 +157,7 @@ def test_broadcast_equals_fresh_engine(tiny_model_dir: Path, tmp_path: Path, dty
     async def scenario():
         live = build_engine(cfg, seed=0)
         before = await _greedy(live, "before")
-        group: dict[str, SyncGroup] = {}
-        t = threading.Thread(target=lambda: group.setdefault(
-            "g", SyncGroup("127.0.0.1", port, 0, 1 + tp, timeout_s=120)))
-        t.start()
-        await live.collective_rpc("asyncrl_init_sync", args=("127.0.0.1", port, 1, 1 + tp, 120.0, "gloo"))
-        t.join()
+        group = {"g": await join_learner_group(live, port, tp)}
         lasts, afters = [], []
         for i, mode in enumerate(applies):  # each path: the decoy first, then the update (reusing its buffers)
             if i:
