@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_weight_sync import cpu_name  # noqa: E402
 from benchmarks.common import REPO, SMOLLM2, table, tiny_sets, write_results  # noqa: E402
 from benchmarks.launch import port_sets, read_metrics, run_up  # noqa: E402
 
@@ -101,13 +102,6 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def report(results: dict[str, dict[str, Any]], config: Path, steps: int, args: argparse.Namespace,
