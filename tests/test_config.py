@@ -248,3 +248,26 @@ def test_docs_table_of_which_keys_apply_matches_the_rules() -> None:
     for rule in RULES:
         keys = ", ".join(f"`{k}`" for k in rule.keys.model_fields)
         assert f"| {keys} | {rule.what} | `{rule.when.split(' (')[0]}`" in table, rule.what
+
+
+def test_sft_and_rm_train_missing_inputs_say_the_command_that_makes_them(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    res = _cli("sft", str(root / "sft" / "tiny_sft.toml"), "--run-dir", str(tmp_path / "r"),
+               "--set", f"model.path={tmp_path}/models/tiny")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"asyncrl model tiny --out {tmp_path}/models/tiny" in res.stderr
+    res = _cli("rm-train", str(root / "rm" / "tiny_rm.toml"), "--run-dir", str(tmp_path / "r"),
+               "--set", f"model.path={tiny_model_dir}", "--set", f"data.train={tmp_path}/data/arith_pref/train.parquet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"asyncrl data arith --kind preference --out {tmp_path}/data/arith_pref" in res.stderr
+
+
+def test_data_hints_name_the_preparer() -> None:
+    from asyncrl.data.hints import data_hint, model_hint
+
+    sft_hint = data_hint(Path("d/arith_sft/train.parquet"))
+    assert sft_hint == "make it with `asyncrl data arith --kind sft --out d/arith_sft`"
+    assert "--sft-out d/arith_tools_sft" in data_hint(Path("d/arith_tools_sft/train.parquet"))
+    assert data_hint(Path("d/gsm8k/test.parquet")) == "make it with `asyncrl data gsm8k --out d/gsm8k`"
+    assert "asyncrl data custom" in data_hint(Path("elsewhere/x.parquet"))
+    assert "import-gguf" in model_hint(Path("models/smollm2-135m"))

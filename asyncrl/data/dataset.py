@@ -56,7 +56,9 @@ def read_parquet(path: Path, required: tuple[str, ...]) -> pa.Table:
     """A non-empty parquet table with the ``required`` columns, else a DataError naming them."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset file not found: {path}")
+        from asyncrl.data.hints import data_hint
+
+        raise DataError(f"dataset file not found: {path}; {data_hint(path)}")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for non-parquet input

@@ -38,7 +38,9 @@ class DataError(ValueError):
 def require_model_dir(path: Path, key: str) -> None:
     """A DataError naming the config ``key`` unless ``path`` is an HF model directory."""
     if not (Path(path) / "config.json").is_file():
-        raise DataError(f"{key}: {path} is not an HF model directory (no config.json)")
+        from asyncrl.data.hints import model_hint
+
+        raise DataError(f"{key}: {path} is not an HF model directory (no config.json); {model_hint(path)}")
 
 
 def make_row(
