@@ -243,7 +243,11 @@ class LearnerSection(ShardingFields):
     save_final: bool = True
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over this many steps (then constant).")
     checkpoint_every: int = Field(0, ge=0, description="Resumable checkpoint (sharded model + optimizer, "
-                                  "data position, RNG, HF export) every N steps and at the end; 0: never.")
+                                  "data position, RNG, HF export) every N steps and at the end; 0: only at the end "
+                                  "(see checkpoint_final).")
+    checkpoint_final: bool = Field(True, description="Also write a resumable checkpoint at the last step "
+                                   "(run.max_steps), so a finished run continues to a larger total with "
+                                   "`asyncrl up CONFIG --resume --max-steps M`.")
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed).")
     _root: RootRef = PrivateAttr(default_factory=RootRef)
     bucket_mb = moved("learner.bucket_mb")  # type: ignore[pydantic-field]

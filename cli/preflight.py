@@ -45,8 +45,14 @@ def check_inputs(cfg: RunConfig) -> None:
         from asyncrl.errors import CheckpointError
         from learner.fsdp.checkpoint import Checkpointer
 
-        if Checkpointer(cfg.run.dir / "checkpoints", cfg.learner.keep_checkpoints).latest() is None:
+        latest = Checkpointer(cfg.run.dir / "checkpoints", cfg.learner.keep_checkpoints).latest()
+        if latest is None:
             raise CheckpointError(f"--resume: no complete checkpoint under {cfg.run.dir / 'checkpoints'}")
+        step = int(latest.name.removeprefix("step_"))
+        if step >= cfg.run.max_steps:
+            raise CheckpointError(f"--resume: {latest} is at step {step}, and run.max_steps={cfg.run.max_steps} is "
+                                  f"the total: nothing left to train; continue with a larger total, e.g. "
+                                  f"`--resume --max-steps {2 * step}`")
     for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
         if path is not None:
             try:

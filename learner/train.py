@@ -188,8 +188,7 @@ class Learner(LearnerRank):
                 if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
                     rec.update(orch.validate())
                 self.metrics.log(rec)
-                every = cfg.learner.checkpoint_every
-                if every and (step % every == 0 or step == cfg.run.max_steps):
+                if self._checkpoint_due(step):
                     self._checkpoint(step)
             if cfg.learner.save_final:
                 out = cfg.run.dir / "checkpoints" / "final"
@@ -224,6 +223,13 @@ class Learner(LearnerRank):
         val = self.orchestrator.validate()
         if val:
             self.metrics.log({"step": 0, "policy_version": self.orchestrator.version, "time_s": 0.0, **val})
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Every ``checkpoint_every`` steps, and at the last step unless ``checkpoint_final`` is off:
+        a finished run continues with ``asyncrl up CONFIG --resume --max-steps M``."""
+        lr, last = self.cfg.learner, step == self.cfg.run.max_steps
+        return (last and (lr.checkpoint_final or lr.checkpoint_every > 0)) or bool(
+            lr.checkpoint_every and step % lr.checkpoint_every == 0)
 
     def _checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()

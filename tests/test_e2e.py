@@ -72,3 +72,30 @@ def test_on_policy_logprobs_match_with_two_learner_ranks(tiny_model_dir: Path, a
     # ReMax / DAPO options
     assert all(r["samples"] == 4 * 8 for r in steps)  # baselines scored but never trained
     assert all("kl_loss" in r and "overlong_penalty_mean" in r and "is_masked_frac" in r for r in steps)
+
+
+def test_a_finished_run_continues_to_a_larger_total(tiny_run: SharedRun, tiny_model_dir: Path, arith_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """No ``checkpoint_every``: the last step still wrote a resumable checkpoint (learner.checkpoint_final),
+    so ``--resume --max-steps 22`` continues a copy of the 20-step run; the same total is refused (exit 2)."""
+    import shutil
+    import subprocess
+    import sys
+
+    assert tiny_run.returncode == 0, tiny_run.stdout[-4000:]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["final", f"step_{TINY_STEPS:06d}"]
+    sets = data_overrides(tiny_model_dir, arith_dir) + ["run.resume=true"]
+    argv = [sys.executable, "-m", "cli.main", "up", str(REPO / "configs" / "tiny_cpu.toml"), "--run-dir", str(run)]
+    same = subprocess.run(argv + ["--max-steps", str(TINY_STEPS)] + [a for s in sets for a in ("--set", s)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert same.returncode == 2 and f"--resume --max-steps {2 * TINY_STEPS}" in same.stderr, same.stderr[-2000:]
+    res = run_up(REPO / "configs" / "tiny_cpu.toml", run, sets, max_steps=TINY_STEPS + 2)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert f"serve the resumed weights v{TINY_STEPS}" in res.stdout
+    steps = [r for r in read_metrics(run) if "reward_mean" in r]
+    assert [r["step"] for r in steps] == list(range(1, TINY_STEPS + 3))
+    assert [r["policy_version"] for r in steps[-2:]] == [TINY_STEPS + 1, TINY_STEPS + 2]
+    trained = {p for r in steps[:-2] for p in r["prompt_ids"]}
+    assert trained.isdisjoint(steps[-1]["prompt_ids"] + steps[-2]["prompt_ids"])  # the data position carried on
