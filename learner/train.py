@@ -21,6 +21,7 @@ import torch.distributed as dist
 from asyncrl.config import EnvironmentSection, RunConfig, dump_config
 from asyncrl.data.dataset import load_prompts
 from asyncrl.metrics import MetricsLogger
+from asyncrl.timeline import Timeline
 from asyncrl.transport import make_transport
 from learner.algo.advantages import needs_values
 from learner.algo.distill import load_teacher
@@ -169,6 +170,7 @@ class Learner(LearnerRank):
             self.orchestrator.restore(self.resumed)
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         lg = cfg.logging
+        self.timeline = Timeline(cfg.run.dir, "learner")  # wait/train/sync/validate spans (asyncrl report)
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
                                      wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
                                      config=dump_config(cfg))
@@ -186,7 +188,8 @@ class Learner(LearnerRank):
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 rec, last = self._step(step, start, last)
                 if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
-                    rec.update(orch.validate())
+                    with self.timeline.span("validate"):
+                        rec.update(orch.validate())
                 self.metrics.log(rec)
                 if self._checkpoint_due(step):
                     self._checkpoint(step)
@@ -200,27 +203,34 @@ class Learner(LearnerRank):
         finally:
             orch.close()
             self.metrics.close()
+            self.timeline.close()
 
     def _step(self, step: int, start: float, last: float) -> tuple[dict[str, Any], float]:
         """Wait for a batch, train on it (every rank), publish the weights when due: the step's
         record and when it ended."""
-        orch = self.orchestrator
+        orch, tl = self.orchestrator, self.timeline
         t_wait = time.perf_counter()
-        groups = orch.next_batch()
+        with tl.span("wait"):
+            groups = orch.next_batch()
         t_train = time.perf_counter()
         version, batches = orch.version, [g.batch for g in groups]
-        self.ranks.send("step", step_payload(batches, version))
-        stats = self.trainer.step(batches, version)
+        with tl.span("train"):
+            self.ranks.send("step", step_payload(batches, version))
+            stats = self.trainer.step(batches, version)
         stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
         orch.trained(groups)
-        sync_s = orch.publish_weights() if orch.version % self.cfg.learner.sync_every == 0 else 0.0
+        sync_s = 0.0
+        if orch.version % self.cfg.learner.sync_every == 0:
+            with tl.span("sync"):
+                sync_s = orch.publish_weights()
         stats["weight_sync_mb"] = orch.syncer.last_mb if sync_s else 0.0
         now = time.perf_counter()
         times = StepTimes(trained_at=version, sync_s=sync_s, step_s=now - last, time_s=now - start)
         return orch.record(step, groups, stats, times), now
 
     def _log_validation(self) -> None:
-        val = self.orchestrator.validate()
+        with self.timeline.span("validate"):
+            val = self.orchestrator.validate()
         if val:
             self.metrics.log({"step": 0, "policy_version": self.orchestrator.version, "time_s": 0.0, **val})
 

@@ -3,7 +3,8 @@
 Written as JSON lines to ``<run dir>/rollout-<index>.jsonl`` every ``interval_s`` and at
 exit. ``busy_s`` counts wall time with at least one request in flight (the engine had work),
 ``paused_s`` the time spent inside weight syncs. Benchmarks divide by ``time_s`` for the busy
-fraction.
+fraction. The same busy periods and sync pauses go to the run's timeline as ``generate`` and
+``sync`` spans (:mod:`asyncrl.timeline`) when one is given.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import json
 import time
 from pathlib import Path
 
+from asyncrl.timeline import BusySpans, Timeline
+
 
 class GeneratorStats:
-    def __init__(self, path: Path, interval_s: float = 5.0) -> None:
+    def __init__(self, path: Path, interval_s: float = 5.0, timeline: Timeline | None = None) -> None:
         self.path, self.interval_s = path, interval_s
+        self.timeline = timeline or Timeline(None, "")
+        self.busy = BusySpans(self.timeline, "generate")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = self.last_write = time.monotonic()
         self.active = 0
@@ -24,11 +29,13 @@ class GeneratorStats:
         self.groups = self.samples = self.tokens = self.syncs = 0
 
     def begin(self) -> None:
+        self.busy.begin()
         if self.active == 0:
             self.busy_since = time.monotonic()
         self.active += 1
 
     def end(self, samples: int, tokens: int) -> None:
+        self.busy.end()
         self.active -= 1
         if self.active == 0:
             self.busy_s += time.monotonic() - self.busy_since
@@ -39,6 +46,8 @@ class GeneratorStats:
     def paused(self, seconds: float) -> None:
         self.syncs += 1
         self.paused_s += seconds
+        now = time.time()
+        self.timeline.add("sync", now - seconds, now)
 
     def snapshot(self, version: int) -> dict[str, float | int]:
         now = time.monotonic()
@@ -54,3 +63,9 @@ class GeneratorStats:
         self.last_write = now
         with self.path.open("a") as f:
             f.write(json.dumps(self.snapshot(version)) + "\n")
+
+    def close(self, version: int) -> None:
+        """The final stats line; closes the busy span still open and flushes the timeline."""
+        self.maybe_write(version, force=True)
+        self.busy.close()
+        self.timeline.close()

@@ -26,6 +26,7 @@ from typing import Any
 from asyncrl import messages
 from asyncrl.config import RunConfig
 from asyncrl.hardware import resolve_dtype
+from asyncrl.timeline import Timeline
 from asyncrl.transport import AsyncClient, AsyncSender, DropCounter, Transport, make_transport
 from asyncrl.transport.items import PromptItem, ScoredGroup, decode_prompts
 from rollout.episode import Episode, EpisodeLimits, EpisodeRunner, load_environment_class
@@ -76,6 +77,25 @@ def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
     return [float(logprobs[i][tok].logprob) for i, tok in enumerate(token_ids)]
 
 
+def sampling_params(item: PromptItem, top_p: float) -> Any:
+    """vLLM's SamplingParams for one prompt item: ``item.n`` replies at its temperature and seed (the
+    dispatcher's per-prompt seed: reproducible across resumes), each sampled token's log-prob."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(n=item.n, temperature=item.temperature, top_p=top_p, max_tokens=item.max_tokens,
+                          logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY, seed=item.seed)
+
+
+def greedy_params(max_tokens: int) -> Any:
+    """vLLM's SamplingParams for one greedy reply (ReMax's baseline, evaluation's greedy accuracy)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=0,
+                          output_kind=RequestOutputKind.FINAL_ONLY)
+
+
 class Generator:
     def __init__(self, cfg: RunConfig, index: int) -> None:
         self.cfg, self.index = cfg, index
@@ -89,7 +109,8 @@ class Generator:
         self.failure: BaseException | None = None
         self.episodes: EpisodeRunner | None = None  # multi-turn episodes ([environment] set)
         self.tool_pool: ThreadPoolExecutor | None = None
-        self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl")
+        self.stats = GeneratorStats(cfg.run.dir / f"rollout-{index}.jsonl",
+                                    timeline=Timeline(cfg.run.dir, f"generator-{index}"))
         self.identity = f"gen-{index}"
         self.last_heard = time.monotonic()  # from the learner
         self.pending: deque[dict[str, Any]] = deque()  # control messages read while a sync waited
@@ -214,19 +235,12 @@ class Generator:
         if self.episodes is not None:
             await self._generate_episodes(item, self.episodes)
             return
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
-            n=item.n, temperature=item.temperature, top_p=self.cfg.sampling.top_p,
-            max_tokens=item.max_tokens, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
-            seed=item.seed)  # per-prompt seed from the dispatcher: reproducible across resumes
+        params = sampling_params(item, self.cfg.sampling.top_p)
         version, start = self.version, time.time()
         self.stats.begin()
         jobs = [self._request(item, params, f"g{self.index}-{item.group_id}")]
         if item.greedy_baseline:  # ReMax: one greedy reply per prompt as the baseline
-            greedy = SamplingParams(n=1, temperature=0.0, max_tokens=item.max_tokens, logprobs=0,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)
+            greedy = greedy_params(item.max_tokens)
             jobs.append(self._request(item, greedy, f"g{self.index}-{item.group_id}-greedy"))
         outputs: list[Any] = []
         try:
@@ -323,7 +337,7 @@ class Generator:
             self.pending.append(msg)
 
     async def close(self) -> None:
-        self.stats.maybe_write(self.version, force=True)
+        self.stats.close(self.version)
         if hasattr(self, "heartbeat"):
             self.heartbeat.cancel()
         for t in list(self.tasks):
