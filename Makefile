@@ -47,6 +47,8 @@ quickstart: $(STAMP)
 	test -f models/smollm2-135m/config.json || $(VENV)/bin/asyncrl model import-gguf --out models/smollm2-135m
 	test -f data/arith/train.parquet || $(VENV)/bin/asyncrl data arith --out data/arith
 	$(VENV)/bin/asyncrl up configs/quickstart.toml --run-dir $(QUICKSTART_DIR)
+	@echo "run report (figures, timeline; open it in a browser):"
+	@$(VENV)/bin/asyncrl report $(QUICKSTART_DIR)
 
 # The quickstart with LoRA adapters (configs/quickstart_lora.toml; docs/lora.md).
 quickstart-lora: $(STAMP)

@@ -202,6 +202,22 @@ def keys(out: Path = typer.Option(..., "--out", help="Directory for the CURVE ke
     _run("keys", go)
 
 
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory (asyncrl up --run-dir)."),
+           out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN_DIR/report).")) -> None:
+    """PNG figures and one self-contained HTML page about a run (curves, staleness, throughput, weight
+    syncs, a timeline of generation vs training); prints the page's path. No metrics.jsonl: exit 2."""
+    def go() -> None:
+        from cli.report import ReportError, build_report
+        try:
+            page = build_report(run_dir, out)
+        except ReportError as e:
+            typer.echo(f"asyncrl report: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(str(page))
+    _run("report", go)
+
+
 BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",
               "async": "bench_async", "weight-sync": "bench_weight_sync", "trl": "bench_trl",
               "scaling": "bench_scaling", "lora": "bench_lora"}
