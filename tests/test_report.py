@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.report import ReportError, build_report
-from cli.report.data import load_run
+from cli.report.data import learner_seconds, load_run
 from cli.report.overlap import generator_busy, intersect, merge, overlap, subtract
 from tests.conftest import SharedRun
 
@@ -163,6 +163,14 @@ def test_cli_prints_the_page(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(tmp_path / "r" / "report.html")
+
+
+def test_learner_seconds_add_up_across_a_resume() -> None:
+    steps = [{"step": 1, "step_s": 5.0, "time_s": 5.0}, {"step": 2, "step_s": 4.0, "time_s": 9.0},
+             {"step": 3, "step_s": 6.0, "time_s": 6.0}]  # resumed after step 2: time_s starts again
+    assert learner_seconds(steps) == 15.0
+    assert learner_seconds([{"step": 1, "time_s": 7.0}]) == 7.0  # no step_s: the last time_s
+    assert learner_seconds([]) is None
 
 
 def test_interval_arithmetic() -> None:

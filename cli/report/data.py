@@ -61,6 +61,15 @@ def median(xs: list[float]) -> float:
     return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2 if s else 0.0
 
 
+def learner_seconds(steps: list[dict[str, Any]]) -> float | None:
+    """The learner's time over the step records: the sum of ``step_s`` (right across resumes, where
+    ``time_s`` starts again from 0), else the last ``time_s``."""
+    each = [number(r.get("step_s")) for r in steps]
+    if steps and all(x is not None for x in each):
+        return sum(x for x in each if x is not None)
+    return number(steps[-1].get("time_s")) if steps else None
+
+
 def series(records: list[dict[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
     """``(x values, key values)`` over the records where both are numbers."""
     xs, ys = [], []

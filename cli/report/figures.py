@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from cli.report.data import RunData, median, number, series
+from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.overlap import Overlap, lanes, of_kind, overlap
 
 COLORS = {"generate": "#59a14f", "train": "#4e79a7", "wait": "#d9d9d9", "sync": "#e15759",
@@ -171,12 +171,12 @@ def throughput(run: RunData) -> Chart:
         chart.note = "no samples_per_s / tokens_per_s in the step records"
         return chart
     fig, axes = _fig(1, len(panels))
-    end = run.steps[-1] if run.steps else {}
+    t = learner_seconds(run.steps)
     for ax, (k, (xs, ys)) in zip(axes, panels, strict=False):
         w = _window(len(ys))
         ax.plot(xs, ys, alpha=0.3, lw=1, color=COLORS["generate"], label="per step")
         ax.plot(xs, rolling(ys, w), lw=2, color=COLORS["generate"], label=f"{w}-step mean")
-        total, t = sum(number(r.get(k.split("_per_s")[0])) or 0.0 for r in run.steps), number(end.get("time_s"))
+        total = sum(number(r.get(k.split("_per_s")[0])) or 0.0 for r in run.steps)
         if t:
             ax.axhline(total / t, color="black", ls="--", lw=1, label=f"whole run, validation included: "
                                                                          f"{total / t:.3g}")

@@ -14,7 +14,7 @@ from html import escape
 
 from matplotlib.figure import Figure
 
-from cli.report.data import RunData, median, number, series
+from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.figures import Chart, rolling
 from cli.report.overlap import of_kind, overlap
 
@@ -52,9 +52,9 @@ def summary(run: RunData) -> list[tuple[str, str]]:
     """``(label, value)`` rows; a row whose data the run lacks is left out."""
     last = run.steps[-1] if run.steps else {}
     rows: list[tuple[str, str | None]] = [("run directory", str(run.run_dir))]
-    t = number(last.get("time_s"))
+    t = learner_seconds(run.steps)
     rows.append(("steps", f"{len(run.steps)} (last step {last['step']})" if run.steps else "0 (validation only)"))
-    rows.append(("wall time (learner, from the first step)", f"{t:.0f} s ({t / 60:.1f} min)" if t else None))
+    rows.append(("learner wall time (sum of step times)", f"{t:.0f} s ({t / 60:.1f} min)" if t else None))
     rows.append(("train reward_mean", _final_best(run.steps, "reward_mean", smooth=True)))
     rows.append(("val_accuracy", _final_best(run.vals, "val_accuracy", smooth=False)))
     for key in sorted({k for r in run.vals for k in r if re.fullmatch(r"val/[^/]+/accuracy", k)}):
