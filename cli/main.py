@@ -191,6 +191,38 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
     _run("rm-train", go)
 
 
+@app.command("eval")
+def eval_(model: Path = typer.Argument(..., help="HF model directory, or a run directory (its checkpoints/final, "
+                                       "else its newest checkpoints/step_N export)."),
+          data: list[Path] = typer.Option(..., "--data", help="Parquet set in veRL's schema (repeatable)."),
+          n: int = typer.Option(4, "--n", help="Sampled replies per prompt (K of mean@K, pass@k, maj@K)."),
+          temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the K replies."),
+          top_p: float = typer.Option(1.0, "--top-p"),
+          k: list[int] = typer.Option([], "--k", help="pass@k to report (repeatable; default 1, 2, 4, ... and K)."),
+          reward: list[str] = typer.Option([], "--reward", help="Reward for every row (NAME, module:function or "
+                                           "file.py:function), or DATA_SOURCE=NAME; default by data_source."),
+          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+          max_prompt_tokens: int = typer.Option(1024, "--max-prompt-tokens",
+                                                help="Longer prompts are dropped (counted)."),
+          dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (as rollout.dtype)."),
+          seed: int = typer.Option(0, "--seed", help="Engine and per-prompt sampling seed."),
+          limit: int | None = typer.Option(None, "--limit", help="First N rows of each set."),
+          out: Path | None = typer.Option(None, "--out", help="Results directory (default: <run>/eval for a run's "
+                                          "export, else runs/eval/<model name>)."),
+          kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb",
+                                            help="KV cache on CPU (as rollout.kv_cache_gb).")) -> None:
+    """Greedy accuracy, mean@K, pass@k and maj@K of a model on one or more sets, per set and data_source,
+    through the generator's vLLM engine and the reward functions; writes eval.json, eval.md, eval_samples.jsonl."""
+    def go() -> None:
+        from asyncrl.log import setup_logging
+        setup_logging("eval", "INFO")
+        from cli.evaluate import EvalOptions, main
+        main(EvalOptions(model=model, data=data, n=n, temperature=temperature, top_p=top_p, ks=k or None,
+                         reward=reward, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                         dtype=dtype, seed=seed, limit=limit, out=out, kv_cache_gb=kv_cache_gb))
+    _run("eval", go)
+
+
 @app.command()
 def keys(out: Path = typer.Option(..., "--out", help="Directory for the CURVE key files.")) -> None:
     """Create ZeroMQ CURVE keys for transport.curve_dir (server + client pair, authorized/ folder)."""

@@ -14,6 +14,7 @@ answer with the reward of one of its replies::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from reward.functions import ARITH_ANSWER_RE, GSM8K_ANSWER_RE, UnknownRewardError, _last_answer, default_reward_name
 from reward.math_reward import last_boxed_answer, normalize
@@ -61,3 +62,15 @@ def extract_answers(function: str | None, data_source: str, responses: Sequence[
     name = reward_name(function, data_source)
     fn = EXTRACTORS.get(name) if name is not None else None
     return None if fn is None else [fn(r) for r in responses]
+
+
+@dataclass
+class RewardChoice:
+    """Which reward scores a row: ``function`` for every row, else ``by_source[data_source]``, else the
+    reward worker's default for the row's ``data_source``."""
+
+    function: str | None
+    by_source: dict[str, str]
+
+    def name(self, data_source: str) -> str:
+        return self.function or self.by_source.get(data_source) or default_reward_name(data_source)

@@ -42,3 +42,8 @@ def chatty(data_source: str, response: str, ground_truth: str, extra_info: dict[
     for _ in range(100):
         print("x" * 100_000)  # 10 MB of output
     return 0.25
+
+
+def has_digit(data_source: str, response: str, ground_truth: str, extra_info: dict[str, Any]) -> float:
+    """0/1: the reply has a digit (about half the tiny random model's 16-token replies do)."""
+    return float(any(c.isdigit() for c in response))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ def set_summary(results: Sequence[PromptResult], ks: Sequence[int], rows: bool =
     return out
 
 
-def build_report(meta: dict[str, Any], sets: dict[str, Sequence[PromptResult]], ks: Sequence[int],
+def build_report(meta: dict[str, Any], sets: Mapping[str, Sequence[PromptResult]], ks: Sequence[int],
                  set_meta: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole report: ``meta`` (model, sampling, ...), ``ks``, and one :func:`set_summary` per set
     (with ``set_meta[name]``, e.g. its path, merged in)."""
@@ -73,7 +73,8 @@ def write_report(report: dict[str, Any], out: Path, stem: str = "eval") -> tuple
     js, md = out / f"{stem}.json", out / f"{stem}.md"
     js.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     header = [f"# Evaluation of {report.get('model', '?')}", ""]
-    for key in ("model_note", "command", "temperature", "max_new_tokens", "seed", "dtype", "date", "machine"):
+    for key in ("model_note", "n", "temperature", "top_p", "max_new_tokens", "seed", "dtype", "generate_s", "date",
+                "machine"):
         if report.get(key) is not None:
             header.append(f"- {key}: {report[key]}")
     md.write_text("\n".join(header) + "\n\n" + markdown_table(report))
