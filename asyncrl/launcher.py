@@ -121,8 +121,13 @@ def _reap_group(child: Child) -> None:
 
 
 def stop_all(children: list[Child], grace_s: float = 20.0) -> None:
+    """SIGTERM each child's main process (not its group: a generator shuts its own vLLM engine
+    processes down in order, and a signal reaching them mid-shutdown leaves vLLM's shared-memory
+    queues behind), then SIGKILL whatever is left of each group after ``grace_s``."""
     for c in children:
-        _signal_group(c, signal.SIGTERM)
+        if c.proc is not None and c.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for c in children:
         if c.proc is None:

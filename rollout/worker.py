@@ -66,6 +66,17 @@ def build_engine(cfg: RunConfig, seed: int, index: int = 0) -> Any:
     return AsyncLLM.from_engine_args(args)
 
 
+# vLLM force-kills engine processes still alive 5 s into AsyncLLM.shutdown() (its default); a CPU worker's
+# interpreter teardown can take longer, and a killed worker leaves its shared-memory queue behind (the
+# "resource_tracker: 1 leaked shared_memory objects" warning). Below `asyncrl up`'s 20 s stop grace.
+ENGINE_SHUTDOWN_S = 15.0
+
+
+def shutdown_engine(engine: Any) -> None:
+    """Stop an engine from :func:`build_engine`, giving its processes time to exit on their own."""
+    engine.shutdown(timeout=ENGINE_SHUTDOWN_S)
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -343,7 +354,7 @@ class Generator:
         for t in list(self.tasks):
             t.cancel()
         if self.engine is not None:
-            self.engine.shutdown()
+            shutdown_engine(self.engine)
         if self.tool_pool is not None:
             self.tool_pool.shutdown(wait=False, cancel_futures=True)
         if self.transport is not None:
