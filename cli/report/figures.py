@@ -15,6 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.overlap import Overlap, lanes, of_kind, overlap
@@ -41,12 +42,23 @@ def _fig(rows: int = 1, cols: int = 1, height: float = 3.6) -> tuple[Figure, lis
     return fig, list(axes.flat)
 
 
-def _label(ax: Any, title: str, legend: bool = True) -> None:
-    """A step-axis panel's title, x label and legend."""
+def _label(ax: Any, title: str, legend: bool = True, xlabel: str = "step") -> None:
+    """A step-axis panel's title, integer x axis and legend."""
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if legend:
         ax.legend(fontsize=8)
+
+
+def _noisy(ax: Any, xs: list[float], ys: list[float], color: str, label: str) -> None:
+    """A per-step series: faint, under its rolling mean (alone and solid when too short to smooth)."""
+    w = _window(len(ys))
+    if w == 1:
+        ax.plot(xs, ys, color=color, lw=2, marker=".", label=f"{label} (per step)")
+        return
+    ax.plot(xs, ys, color=color, alpha=0.3, lw=1, label=f"{label} (per step)")
+    ax.plot(xs, rolling(ys, w), color=color, lw=2, label=f"{label} ({w}-step mean)")
 
 
 def rolling(ys: list[float], window: int) -> list[float]:
@@ -72,14 +84,11 @@ def reward(run: RunData) -> Chart:
         return chart
     fig, (ax,) = _fig()
     if xs:
-        w = _window(len(ys))
-        ax.plot(xs, ys, color=COLORS["train"], alpha=0.3, lw=1, label="train reward_mean (per step)")
-        ax.plot(xs, rolling(ys, w), color=COLORS["train"], lw=2, label=f"train reward_mean ({w}-step mean)")
+        _noisy(ax, xs, ys, COLORS["train"], "train reward_mean")
     for (k, (vx, vy)), color in zip(vals.items(), ("#f28e2b", "#76b7b2"), strict=False):
         ax.plot(vx, vy, marker="o", color=color, lw=1.5, label=k)
-    ax.set_xlabel("step")
+    _label(ax, "")
     ax.set_ylabel("reward / accuracy")
-    ax.legend(loc="best", fontsize=9)
     chart.figure = fig
     return chart
 
@@ -156,8 +165,8 @@ def staleness(run: RunData) -> Chart:
         chart.note = "no staleness_hist in the step records (older run): per-step mean and max only"
     if mean[0]:
         ax = axes[-1]
-        ax.plot(*mx, lw=1.2, ls="--", color="#e15759", label="max")
-        ax.plot(*mean, lw=2, color=COLORS["train"], label="mean", zorder=3)
+        ax.plot(*mean, lw=2, color=COLORS["train"], label="mean")
+        ax.plot(*mx, lw=1.5, ls="--", color=COLORS["sync"], label="max")  # dashed: the mean shows through
         _label(ax, "per step")
     chart.figure = fig
     return chart
@@ -173,9 +182,7 @@ def throughput(run: RunData) -> Chart:
     fig, axes = _fig(1, len(panels))
     t = learner_seconds(run.steps)
     for ax, (k, (xs, ys)) in zip(axes, panels, strict=False):
-        w = _window(len(ys))
-        ax.plot(xs, ys, alpha=0.3, lw=1, color=COLORS["generate"], label="per step")
-        ax.plot(xs, rolling(ys, w), lw=2, color=COLORS["generate"], label=f"{w}-step mean")
+        _noisy(ax, xs, ys, COLORS["generate"], k)
         total = sum(number(r.get(k.split("_per_s")[0])) or 0.0 for r in run.steps)
         if t:
             ax.axhline(total / t, color="black", ls="--", lw=1, label=f"whole run, validation included: "
@@ -200,10 +207,9 @@ def weight_sync(run: RunData) -> Chart:
     for g in [name for name in lanes(run.spans) if name in gens]:
         d = gens[g]
         ax.plot(range(1, len(d) + 1), d, lw=1, marker=".", alpha=0.8, label=f"{g}: paused (median {median(d):.3f} s)")
-    ax.set_xlabel("weight sync #")
+    _label(ax, "", xlabel="weight sync #")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
     chart.figure = fig
     return chart
 
