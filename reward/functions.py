@@ -111,6 +111,7 @@ DEFAULT_BY_DATA_SOURCE = {
     "arith": "arith",
     "arith_tools": "arith",  # the same answer check when the set runs without its environment (single-turn)
     **{source: "math" for source in MATH_DATA_SOURCES},
+    "aime": "math",  # `asyncrl data aime`: integer answers, boxed like MATH's
     **{source: "code" for source in CODE_DATA_SOURCES},
 }
 

@@ -192,6 +192,52 @@ def math_(
     _reward_hint(data_source)
 
 
+def _eval_set(name: str, source: Path, out: Path, data_source: str | None, limit: int | None,
+              max_prompt_tokens: int | None, tokenizer: Path | None) -> None:
+    from cli.data.eval_sets import SETS, convert_eval_set
+    from cli.data.filter import make_filter
+
+    try:
+        length_filter = make_filter(max_prompt_tokens, tokenizer)
+        results = convert_eval_set(name, source, out, data_source=data_source, limit=limit,
+                                   length_filter=length_filter)
+    except (ValueError, OSError) as exc:
+        _fail(name, exc)
+    for result in results:
+        typer.echo(result.describe(length_filter))
+    _reward_hint(data_source or SETS[name][0])
+
+
+EVAL_SOURCE_HELP = "Local parquet/jsonl/json/csv file with 'problem' and 'answer' columns (or a folder holding one)."
+EVAL_OUT_HELP = "Directory for test.parquet (an evaluation set: no train split)."
+
+
+@app.command()
+def math500(
+    source: Path = typer.Option(..., "--source", help=EVAL_SOURCE_HELP + " Layout of HuggingFaceH4/MATH-500."),
+    out: Path = typer.Option(..., "--out", help=EVAL_OUT_HELP),
+    data_source: str | None = typer.Option(None, help="data_source of every row (default HuggingFaceH4/MATH-500)."),
+    limit: int | None = typer.Option(None, help="Keep the first N rows. Applied after --max-prompt-tokens."),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """MATH-500 (problem, answer; subject, level, unique_id kept) as a test set graded by the math reward."""
+    _eval_set("math500", source, out, data_source, limit, max_prompt_tokens, tokenizer)
+
+
+@app.command()
+def aime(
+    source: Path = typer.Option(..., "--source", help=EVAL_SOURCE_HELP + " Layout of AI-MO/aimo-validation-aime."),
+    out: Path = typer.Option(..., "--out", help=EVAL_OUT_HELP),
+    data_source: str | None = typer.Option(None, help="data_source of every row (default aime: the math reward)."),
+    limit: int | None = typer.Option(None, help="Keep the first N rows. Applied after --max-prompt-tokens."),
+    max_prompt_tokens: int | None = typer.Option(None, help=MAX_TOKENS_HELP),
+    tokenizer: Path | None = typer.Option(None, help=TOKENIZER_HELP),
+) -> None:
+    """AIME-style problems (problem, integer answer; id, url, year kept) as a test set graded by the math reward."""
+    _eval_set("aime", source, out, data_source, limit, max_prompt_tokens, tokenizer)
+
+
 @app.command()
 def custom(
     source: str = typer.Option(..., "--source", help=SOURCE_HELP + " CSV/TSV files work too."),
