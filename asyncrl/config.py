@@ -53,13 +53,45 @@ class ModelSection(_Section):
     learner_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
+class ValSetSection(_Section):
+    """One ``[[data.val]]`` validation set: scored every ``learner.val_every`` steps (and at the start
+    and end), logged as ``val/<name>/accuracy``, ``mean@<n>``, ``pass@<k>``, ``maj@<n>``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Key prefix val/<name>/ (letters, digits, _ . -).")
+    path: Path = Field(description="Parquet file in veRL's schema.")
+    n: int = Field(1, ge=1, description="Replies per prompt (pass@k for k = 1, 2, 4, ... <= n).")
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy (then n must be 1). Sampled sets are seeded "
+                               "per (run.seed, set, prompt), so every validation of a run draws alike.")
+    max_prompts: int | None = Field(None, ge=1, description="First N prompts of the file (default: all).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Reply length limit (default: sampling.max_new_tokens).")
+
+    @model_validator(mode="after")
+    def _check_greedy(self) -> ValSetSection:
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"n={self.n} at temperature 0 would be {self.n} identical greedy replies; set "
+                             f"temperature > 0 or n = 1")
+        return self
+
+
 class DataSection(_Section):
     """Prompt data in veRL's parquet schema (see asyncrl.data.format)."""
 
     train: Path = Field(description="Training parquet file.")
-    test: Path | None = Field(None, description="Validation parquet file (greedy scoring).")
+    test: Path | None = Field(None, description="Validation parquet file (greedy scoring, learner.val_prompts "
+                              "prompts; logged as val_accuracy / val_reward_mean).")
+    val: list[ValSetSection] = Field(default_factory=list, description="More validation sets ([[data.val]] "
+                                     "tables), each with its own n and temperature, logged under val/<name>/.")
     max_prompt_tokens: int = Field(256, ge=1, description="Longer prompts are dropped (counted).")
     shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _check_val_names(self) -> DataSection:
+        names = [v.name for v in self.val]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"data.val[{i}].name: {name!r} is used by data.val[{names.index(name)}] too; "
+                                 f"names must differ (they are the metric keys' prefix)")
+        return self
 
 
 class RolloutSection(_Section):

@@ -23,7 +23,7 @@ def format_errors(err: ValidationError, source: str) -> str:
     """One line per error: ``SOURCE: key.path: message`` (an extra key is an ``unknown key``)."""
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(root)"
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "(root)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

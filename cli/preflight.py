@@ -53,7 +53,9 @@ def check_inputs(cfg: RunConfig) -> None:
             raise CheckpointError(f"--resume: {latest} is at step {step}, and run.max_steps={cfg.run.max_steps} is "
                                   f"the total: nothing left to train; continue with a larger total, e.g. "
                                   f"`--resume --max-steps {2 * step}`")
-    for key, path in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
+    files = [("data.train", cfg.data.train), ("data.test", cfg.data.test)]
+    files += [(f"data.val[{i}].path", v.path) for i, v in enumerate(cfg.data.val)]
+    for key, path in files:
         if path is not None:
             try:
                 load_prompts(path)

@@ -34,6 +34,7 @@ from learner.fsdp.stream_sync import follow_sync, sync_source
 from learner.orchestrator.dispatcher import TokenizedPrompt
 from learner.orchestrator.orchestrator import Orchestrator
 from learner.orchestrator.record import StepTimes, truncate_metrics
+from learner.orchestrator.validation import ValSet
 from learner.step import Trainer
 
 log = logging.getLogger("learner")
@@ -163,7 +164,7 @@ class Learner(LearnerRank):
             val, _ = tokenize_prompts(cfg.data.test, self.tokenizer, cfg.data.max_prompt_tokens, cfg.environment)
             val = val[:cfg.learner.val_prompts]
         self.orchestrator = Orchestrator(cfg, train, val, make_transport(cfg.transport),
-                                         sync_source(self.model, self.ranks))
+                                         sync_source(self.model, self.ranks), val_sets=self._val_sets())
         self.start_step = 0
         if self.resumed is not None:
             self.start_step = int(self.resumed["step"])
@@ -174,6 +175,17 @@ class Learner(LearnerRank):
         self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
                                      wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
                                      config=dump_config(cfg))
+
+    def _val_sets(self) -> list[ValSet]:
+        """The ``[[data.val]]`` sets, tokenised like the training prompts (each its first ``max_prompts``)."""
+        cfg, out = self.cfg, []
+        for v in cfg.data.val:
+            prompts, dropped = tokenize_prompts(v.path, self.tokenizer, cfg.data.max_prompt_tokens, cfg.environment)
+            prompts = prompts[:v.max_prompts] if v.max_prompts else prompts
+            log.info("validation set %s: %d prompts x %d replies at temperature %g (%d dropped as too long)", v.name,
+                     len(prompts), v.n, v.temperature, dropped)
+            out.append(ValSet(v.name, prompts, v.n, v.temperature, v.max_new_tokens))
+        return out
 
     def run(self) -> None:
         cfg, orch = self.cfg, self.orchestrator

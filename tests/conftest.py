@@ -102,6 +102,7 @@ class SharedRun:
 
 
 TINY_STEPS = 20
+TINY_VAL_SET = "sampled"  # tiny_run's [[data.val]] set: 8 test prompts x 4 replies at temperature 1
 
 
 @pytest.fixture(scope="session")
@@ -109,14 +110,17 @@ def tiny_run(tiny_model_dir: Path, arith_dir: Path, tmp_path_factory: pytest.Tem
     """configs/tiny_cpu.toml with a tensor-parallel generator (``rollout.tensor_parallel_size=2``
     alone), 20 steps, fuzzed from step 2 on: 1,000 malformed, truncated, wrong-schema and foreign
     messages to every bound socket, then 5 above ``transport.max_message_mb=2``. Asserted on by
-    test_e2e.py (it learns, both TP workers take every sync, the export loads, resolved configs)
-    and test_hostile.py (every hostile message dropped and counted)."""
+    test_e2e.py (it learns, both TP workers take every sync, the export loads, resolved configs, a
+    second validation set sampled 4 times per prompt: TINY_VAL_SET) and test_hostile.py (every
+    hostile message dropped and counted)."""
     from benchmarks.launch import addresses
     from tests.e2e import REPO, start_up
     from tests.fuzz import Fuzzer
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     sets = data_overrides(tiny_model_dir, arith_dir) + ["rollout.tensor_parallel_size=2", "transport.max_message_mb=2"]
+    sets.append(f'data.val=[{{name="{TINY_VAL_SET}", path="{arith_dir / "test.parquet"}", n=4, temperature=1.0, '
+                f'max_prompts=8}}]')
     with start_up(REPO / "configs" / "tiny_cpu.toml", run_dir, sets, max_steps=TINY_STEPS) as up:
         up.wait_for_step(2)
         fuzz = Fuzzer(addresses(up.sets), count=1000, oversized=5, pause_s=0.002)

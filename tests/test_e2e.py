@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_STEPS, SharedRun, data_overrides
+from tests.conftest import TINY_STEPS, TINY_VAL_SET, SharedRun, data_overrides
 from tests.e2e import REPO, read_metrics, run_up
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,14 @@ def test_tiny_cpu_learns(tiny_run: SharedRun) -> None:
     first, last = _mean([r["reward_mean"] for r in steps[:5]]), _mean([r["reward_mean"] for r in steps[-5:]])
     assert last > first + 0.3, f"toy reward did not rise: {first:.3f} -> {last:.3f}"
     assert [r["step"] for r in read_metrics(run_dir) if "val_accuracy" in r] == [0, 10, 20]
+    # the [[data.val]] set, 4 sampled replies per prompt, under its own keys at the same steps
+    pre = f"val/{TINY_VAL_SET}/"
+    val = [r for r in read_metrics(run_dir) if pre + "mean@4" in r]
+    assert [r["step"] for r in val] == [0, 10, 20]
+    for r in val:
+        assert r[pre + "accuracy"] == r[pre + "pass@1"] <= r[pre + "pass@2"] <= r[pre + "pass@4"] <= 1
+        assert pre + "maj@4" not in r  # toy_digits extracts no answers
+    assert val[-1][pre + "mean@4"] > val[0][pre + "mean@4"] + 0.3, [r[pre + "mean@4"] for r in val]
     # the generator stopped its engine processes in order (vLLM's 5 s default force-killed CPU workers)
     assert "leaked shared_memory" not in (run_dir / "logs" / "rollout-0.log").read_text()
     # each process's resolved config, written by the launcher for inspection

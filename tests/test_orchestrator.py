@@ -426,3 +426,32 @@ def test_admission_keeps_staleness_bounded_with_lagging_generators(tmp_path: Pat
         recs = p.steps(4)
     assert max(r["staleness_max"] for r in recs) <= s
     assert s == 0 or max(r["staleness_max"] for r in recs) > 0  # generators did lag
+
+
+def test_several_validation_sets_each_with_its_n_and_temperature(tmp_path: Path) -> None:
+    """data.test (greedy, the val_* keys) next to two named sets: their items carry each set's n,
+    temperature and a seed fixed per (run seed, set, prompt); metrics under val/<name>/."""
+    from learner.orchestrator.validation import ValSet
+
+    sets = [ValSet("hard", PROMPTS[3:6], n=4, temperature=0.7, max_tokens=3), ValSet("easy", PROMPTS[6:8])]
+
+    def rule(it: PromptItem, i: int) -> float:
+        return 1.0 if it.prompt_id < 3 or (it.prompt_id == 3 and i in (0, 2)) else 0.0
+
+    with Pipeline(_cfg(tmp_path), rule=rule, val=PROMPTS[:3]) as p:
+        p.orch.val_sets += sets
+        res = p.orch.validate()
+        again = p.orch.run_validation()
+        items = [it for g in p.gens for it in g.items if it.split == "val"]
+    assert res["val_accuracy"] == 1.0 and res["val_reward_mean"] == 1.0  # data.test's keys unchanged
+    # hard: prompt 3 has 2 of 4 right, prompts 4 and 5 none
+    assert res["val/hard/accuracy"] == pytest.approx(2 / 12) == res["val/hard/pass@1"] == res["val/hard/mean@4"]
+    assert res["val/hard/pass@2"] == pytest.approx((1 - 1 / 6) / 3) and res["val/hard/pass@4"] == pytest.approx(1 / 3)
+    assert res["val/easy/accuracy"] == 0.0 and res["val/easy/pass@1"] == 0.0 and "val/easy/pass@2" not in res
+    assert "val/hard/maj@4" not in res  # data_source "t" has no reward with an answer extractor
+    hard = sorted((it for it in items if it.prompt_id in (3, 4, 5)), key=lambda it: it.group_id)
+    assert len(hard) == 6 and all(it.n == 4 and it.temperature == 0.7 and it.max_tokens == 3 for it in hard)
+    assert [it.seed for it in hard[:3]] == [it.seed for it in hard[3:]] and None not in [it.seed for it in hard]
+    assert all(it.n == 1 and it.temperature == 0.0 and it.seed is None for it in items if it.prompt_id not in (3, 4, 5))
+    assert [r.set.name for r in again] == [None, "hard", "easy"]
+    assert [g.prompt_id for g in again[1].groups] == [3, 4, 5] and all(g.num_samples == 4 for g in again[1].groups)

@@ -1,7 +1,7 @@
 """A run config as TOML text: only the keys that differ from the defaults, sections in schema order.
 
 Enough TOML for what :class:`~asyncrl.config.RunConfig` holds (tables and sub-tables, strings, numbers,
-booleans, flat lists); the text reads back into an equal config::
+booleans, lists, inline tables in lists such as ``[[data.val]]``); the text reads back into an equal config::
 
     text = config_toml(cfg)
     assert validate_config(tomllib.loads(text)) == cfg
@@ -45,5 +45,7 @@ def _value(v: Any, key: str) -> str:
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
     if isinstance(v, list):
-        return "[" + ", ".join(_value(x, key) for x in v) + "]"
+        return "[" + ", ".join(_value(x, f"{key}[{i}]") for i, x in enumerate(v)) + "]"
+    if isinstance(v, dict):  # an inline table: list entries such as data.val's sets
+        return "{" + ", ".join(f"{k} = {_value(x, f'{key}.{k}')}" for k, x in v.items() if x is not None) + "}"
     raise DeployError(f"{key}: cannot be written as TOML ({type(v).__name__})")

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from asyncrl.evaluation import sample_seed
 from asyncrl.transport.items import PromptItem
 from learner.orchestrator.counters import Counters
 
@@ -216,12 +217,16 @@ class Dispatcher:
         self.next_group_id += 1
         return gid
 
-    def add_validation(self, prompts: list[TokenizedPrompt], max_tokens: int) -> list[int]:
-        """Queue greedy single-sample validation prompts; return their group ids."""
+    def add_validation(self, prompts: list[TokenizedPrompt], max_tokens: int, n: int = 1, temperature: float = 0.0,
+                       scope: str | None = None) -> list[int]:
+        """Queue validation prompts (greedy single-sample by default); return their group ids.
+        Sampled ones (``temperature > 0``) carry a seed per (run seed, ``scope``, prompt): every
+        validation of a run, and a resumed one, draws alike."""
         gids = []
         for p in prompts:
             gid = self._new_group_id()
-            self.val_queue.append(_item(p, gid, "val", 1, 0.0, max_tokens))
+            seed = sample_seed(self.seed, scope or "val", p.prompt_id) if temperature > 0 else None
+            self.val_queue.append(_item(p, gid, "val", n, temperature, max_tokens, seed=seed))
             gids.append(gid)
         return gids
 
