@@ -343,9 +343,20 @@ class TransportSection(_Section):
 
 
 class LoggingSection(_Section):
-    wandb: bool = False
-    wandb_project: str = "asyncrl"
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """Where metrics go besides <run.dir>/metrics.jsonl (trackers: asyncrl/trackers/), and log levels."""
+
+    wandb: bool = Field(False, description="Log each step's scalars and the config to wandb.")
+    wandb_project: str = Field("asyncrl", description="wandb project.")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="wandb mode; offline writes under run.dir (`wandb sync` uploads it later).")
+    mlflow: bool = Field(False, description="Log each step's scalars, the config (as params and config.json) "
+                         "to MLflow; needs `pip install -e '.[trackers]'`. A resumed run continues its MLflow run.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, "
+                                            "sqlite:///path.db, ...); default: sqlite:///<run.dir>/mlflow.db.")
+    mlflow_experiment: str = Field("asyncrl", min_length=1, description="MLflow experiment (created if missing).")
+    tensorboard: bool = Field(False, description="Write TensorBoard event files: scalars per step, the config "
+                              "as text and hparams; needs `pip install -e '.[trackers]'`.")
+    tensorboard_dir: Path | None = Field(None, description="TensorBoard log dir; default <run.dir>/tensorboard.")
     console: bool = True
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,8 +1,10 @@
-"""Run metrics: one JSON line per record, optional wandb, and a live console line.
+"""Run metrics: one JSON line per record, optional trackers (wandb, mlflow, TensorBoard), and a
+live console line.
 
 ``metrics.jsonl`` in the run directory is the source of truth (tests and plots read
-it); wandb and the console are views of the same records. Record keys are free-form;
-the console line picks three of them by the names in :data:`PROGRESS_KEYS`.
+it); the trackers (:mod:`asyncrl.trackers`) and the console are views of the same records.
+Record keys are free-form; the console line picks three of them by the names in
+:data:`PROGRESS_KEYS`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from asyncrl.trackers import Tracker, TrackerSet, build_trackers
+
+if TYPE_CHECKING:
+    from asyncrl.config import LoggingSection
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ def _fmt(value: Any) -> str:
 
 
 class MetricsLogger:
-    """Writes each record to ``<run_dir>/metrics.jsonl`` and optional wandb/console.
+    """Writes each record to ``<run_dir>/metrics.jsonl``, to ``trackers`` and to the console.
 
     The file is opened in append mode so a resumed run keeps earlier lines; each line
     is flushed at once so a crashed run still leaves every step it finished.
@@ -68,10 +76,7 @@ class MetricsLogger:
         max_steps: int,
         *,
         console: bool = True,
-        wandb_enabled: bool = False,
-        wandb_project: str = "asyncrl",
-        wandb_mode: Literal["offline", "online", "disabled"] = "offline",
-        config: dict | None = None,
+        trackers: Tracker | None = None,
         progress_keys: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -80,12 +85,8 @@ class MetricsLogger:
         self.max_steps = max_steps
         self.progress_keys = progress_keys or PROGRESS_KEYS
         self._file = self.path.open("a", encoding="utf-8")
-        self._wandb_run = None
-        if wandb_enabled:
-            import wandb  # lazy: heavy import, and absent-network setups never need it
-
-            self._wandb_run = wandb.init(project=wandb_project, mode=wandb_mode,
-                                         dir=str(self.run_dir), config=config or {})
+        self.trackers: Tracker = trackers if trackers is not None else TrackerSet()
+        self._last_step = 0  # records without a step go to the trackers at the last one
         self._progress = None
         self._task = None
         # A progress bar on a pipe or file is a stream of control codes: plain lines there.
@@ -98,6 +99,15 @@ class MetricsLogger:
             self._task = self._progress.add_task("train", total=max_steps, info="")
             self._progress.start()
 
+    @classmethod
+    def from_config(cls, lg: LoggingSection, run_dir: Path, max_steps: int, config: Mapping[str, Any], *,
+                    resume_step: int | None = None,
+                    progress_keys: dict[str, tuple[str, ...]] | None = None) -> MetricsLogger:
+        """The logger ``[logging]`` describes: console on or off, the trackers it enables (given the
+        resolved ``config``; ``resume_step``: the checkpoint step a resumed run continues after)."""
+        trackers = build_trackers(lg, run_dir, config, resume_step=resume_step)
+        return cls(run_dir, max_steps, console=lg.console, trackers=trackers, progress_keys=progress_keys)
+
     def summary(self, record: dict[str, Any]) -> str:
         """The one-line console text: ``reward_mean=… staleness=… samples/s=…``."""
         return " ".join(f"{label}={_fmt(_pick(record, keys))}" for label, keys in self.progress_keys.items())
@@ -107,25 +117,27 @@ class MetricsLogger:
         self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
         self._file.flush()
         step = record.get("step")
-        if self._wandb_run is not None:
-            self._wandb_run.log(dict(record), step=step if isinstance(step, int) else None)
+        if isinstance(step, int):
+            self._last_step = step
+        self.trackers.log(record, self._last_step)
         if step is None:
-            return  # e.g. a one-off event record: file/wandb only
+            return  # e.g. a one-off event record: file/trackers only
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step, info=self.summary(record))
         else:
             log.info("step %s/%s %s", step, self.max_steps, self.summary(record))
 
     def close(self) -> None:
-        """Stop the progress bar, finish wandb and close the file (idempotent)."""
+        """Stop the progress bar, close the trackers and the file (idempotent)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
-        if not self._file.closed:
-            self._file.close()
+        trackers, self.trackers = self.trackers, TrackerSet()
+        try:
+            trackers.close()
+        finally:
+            if not self._file.closed:
+                self._file.close()
 
     def __enter__(self) -> MetricsLogger:
         return self

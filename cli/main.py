@@ -77,6 +77,12 @@ def _setup_logging(name: str, cfg: Any) -> None:
     setup_logging(name, cfg.logging.level)
 
 
+def _check_trackers(cfg: Any) -> None:
+    """A [logging] backend whose package is missing: exit 2 now, not after the model has loaded."""
+    from asyncrl.trackers import check_trackers
+    check_trackers(cfg.logging)
+
+
 @app.command()
 def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
        run_dir: Path | None = typer.Option(None, "--run-dir", help="Override run.dir."),
@@ -89,6 +95,7 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, overrides = _load(config, set_, run_dir, max_steps, resume)
         _setup_logging("up", cfg)
+        _check_trackers(cfg)
         from asyncrl.launcher import run_up
         from cli.preflight import check_inputs
         check_inputs(cfg)
@@ -113,6 +120,8 @@ def learner(config: Path = typer.Argument(..., help="Run config (TOML)."),
     def go() -> None:
         cfg, overrides = _load(config, set_, resume=resume)
         _setup_logging("learner", cfg)
+        if node_rank == 0:  # rank 0 logs
+            _check_trackers(cfg)
         import os
         if cfg.learner.world_size > 1 and "RANK" not in os.environ:
             from asyncrl.launcher import run_torchrun
@@ -167,6 +176,7 @@ def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/
         from asyncrl.train_config import SFTConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=SFTConfig)
         _setup_logging("sft", cfg)
+        _check_trackers(cfg)
         from asyncrl.data.supervised import check_sft_inputs
         inputs = check_sft_inputs(cfg.model.path, cfg.data)  # bad input: exit 2 before torch is imported
         from learner.supervised.sft import main
@@ -184,6 +194,7 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
         from asyncrl.train_config import RMConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=RMConfig)
         _setup_logging("rm-train", cfg)
+        _check_trackers(cfg)
         from asyncrl.data.supervised import check_preference_inputs
         inputs = check_preference_inputs(cfg.model.path, cfg.data)  # bad input: exit 2 before torch is imported
         from learner.supervised.rm_train import main

@@ -170,11 +170,9 @@ class Learner(LearnerRank):
             self.start_step = int(self.resumed["step"])
             self.orchestrator.restore(self.resumed)
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
-        lg = cfg.logging
         self.timeline = Timeline(cfg.run.dir, "learner")  # wait/train/sync/validate spans (asyncrl report)
-        self.metrics = MetricsLogger(cfg.run.dir, cfg.run.max_steps, console=lg.console, wandb_enabled=lg.wandb,
-                                     wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode,
-                                     config=dump_config(cfg))
+        self.metrics = MetricsLogger.from_config(cfg.logging, cfg.run.dir, cfg.run.max_steps, dump_config(cfg),
+                                                 resume_step=None if self.resumed is None else self.start_step)
 
     def _val_sets(self) -> list[ValSet]:
         """The ``[[data.val]]`` sets, tokenised like the training prompts (each its first ``max_prompts``)."""

@@ -154,7 +154,8 @@ def sft_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     pq.write_table(pa.Table.from_pylist([{"prompt": p, "response": r} for p, r in SFT_PAIRS] * 4), data)
     res = sft(tmp, f"model.path={tiny_model_dir}", f"data.train={data}", f"data.test={data}", "train.epochs=100",
               "train.batch_size=8", "train.checkpoint_every=20", "train.keep_checkpoints=2", "train.eval_every=30",
-              "train.max_tokens_per_microbatch=200", "train.lr=1e-2", max_steps=60)
+              "train.max_tokens_per_microbatch=200", "train.lr=1e-2",
+              "logging.tensorboard=true", "logging.mlflow=true", max_steps=60)  # test_sft reads both back
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return tmp / "run"
 

@@ -1,4 +1,5 @@
-"""asyncrl.metrics / asyncrl.log: jsonl output, NaN -> null, console off, fake wandb."""
+"""asyncrl.metrics / asyncrl.log: jsonl output, NaN -> null, console off, fake wandb (the real
+trackers: test_trackers.py)."""
 
 import io
 import json
@@ -8,6 +9,7 @@ import types
 
 import torch
 
+from asyncrl.config import LoggingSection
 from asyncrl.log import setup_logging
 from asyncrl.metrics import MetricsLogger
 
@@ -47,20 +49,23 @@ def test_wandb_is_called_lazily(tmp_path, monkeypatch):
         def log(self, record, step=None):
             calls.setdefault("log", []).append((record, step))
 
-        def finish(self):
-            calls["finish"] = True
+        def finish(self, **kw):
+            calls["finish"] = kw
 
     def init(**kw):
         calls["init"] = kw
         return Run()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
-    m = MetricsLogger(tmp_path, max_steps=2, console=False, wandb_enabled=True, config={"lr": 1e-5})
-    m.log({"step": 1, "loss": 0.5})
+    m = MetricsLogger.from_config(LoggingSection(wandb=True, console=False), tmp_path, 2, {"lr": 1e-5})
+    assert "init" in calls
+    m.log({"step": 1, "loss": 0.5, "prompt_ids": [1, 2], "val": {"acc": 0.25}})
+    m.log({"event": "note", "x": 2})  # no step: logged at the last one
     m.close()
     assert calls["init"] == {"project": "asyncrl", "mode": "offline", "dir": str(tmp_path),
                              "config": {"lr": 1e-5}}
-    assert calls["log"] == [({"step": 1, "loss": 0.5}, 1)] and calls["finish"]
+    assert calls["log"] == [({"loss": 0.5, "val/acc": 0.25}, 1), ({"x": 2.0}, 1)]
+    assert calls["finish"] == {"exit_code": 0}
 
 
 def test_setup_logging_format(capsys):

@@ -4,6 +4,7 @@ trains it (the SFT run is tests/conftest.py::sft_run)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,6 +62,26 @@ def test_tiny_model_memorises_a_fixed_set(sft_run: Path, tiny_model_dir: Path) -
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).startswith("c-a-t")
+
+
+def test_loss_curve_in_mlflow_and_tensorboard(sft_run: Path) -> None:
+    """sft_run logs to both trackers too (its --set): the loss curve there is metrics.jsonl's."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps, losses = zip(*[(r["step"], r["loss"]) for r in read_metrics(sft_run) if "loss" in r])
+    assert steps == tuple(range(1, 61))
+    saved = json.loads((sft_run / "mlflow_run.json").read_text())
+    client = MlflowClient(saved["tracking_uri"])
+    run = client.get_run(saved["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.01"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(saved["run_id"], "loss"))
+    assert history == list(zip(steps, losses))  # float64 both ways
+    acc = EventAccumulator(str(sft_run / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss")
+    assert tuple(e.step for e in events) == steps
+    assert [e.value for e in events] == pytest.approx(losses, rel=1e-6)  # TensorBoard keeps float32
 
 
 @pytest.mark.parametrize("rows,message", [

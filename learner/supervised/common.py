@@ -68,11 +68,8 @@ class SupervisedRun:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.metrics: MetricsLogger | None = None
         if self.rank == 0:
-            lg = cfg.logging
-            self.metrics = MetricsLogger(cfg.run.dir, self.total_steps, console=lg.console,
-                                         wandb_enabled=lg.wandb, wandb_project=lg.wandb_project,
-                                         wandb_mode=lg.wandb_mode, config=cfg.model_dump(mode="json"),
-                                         progress_keys=progress)
+            self.metrics = MetricsLogger.from_config(cfg.logging, cfg.run.dir, self.total_steps,
+                                                     cfg.model_dump(mode="json"), progress_keys=progress)
         self.start = time.perf_counter()
         self.device = next(model.parameters()).device
 
