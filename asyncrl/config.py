@@ -357,6 +357,10 @@ class LoggingSection(_Section):
     tensorboard: bool = Field(False, description="Write TensorBoard event files: scalars per step, the config "
                               "as text and hparams; needs `pip install -e '.[trackers]'`.")
     tensorboard_dir: Path | None = Field(None, description="TensorBoard log dir; default <run.dir>/tensorboard.")
+    samples_every: int = Field(10, ge=0, description="Every N steps write the step's trained samples (prompt, "
+                               "response, reward, reward error, policy version, staleness, learner-minus-behaviour "
+                               "log-prob) to <run.dir>/samples/train_step_N.parquet; every validation's go to "
+                               "val_step_N.parquet. `asyncrl samples RUN_DIR` prints them. 0: none.")
     console: bool = True
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

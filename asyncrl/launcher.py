@@ -23,13 +23,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncrl.config import RunConfig
+from asyncrl.live import Sink, make_sink
 from asyncrl.resolved import write_resolved
 
 log = logging.getLogger("asyncrl.up")
@@ -97,14 +97,22 @@ def _await_endpoint(host: str, port: int, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def _forward(child: Child, log_dir: Path) -> None:
+def _forward(child: Child, log_dir: Path, sink: Sink) -> None:
     assert child.proc is not None and child.proc.stdout is not None
     with open(log_dir / f"{child.name}.log", "a", buffering=1) as f:
         for line in child.proc.stdout:
             f.write(line)
             child.tail = (child.tail + [line.rstrip()])[-20:]
-            sys.stdout.write(f"[{child.name}] {line}")
-            sys.stdout.flush()
+            sink.line(child.name, line)
+
+
+def _states(children: list[Child]) -> list[tuple[str, str, int]]:
+    """Each child's name, state (running / restarting / exited) and restarts, for the live view."""
+    def state(c: Child) -> str:
+        if c.restart_at is not None:
+            return "restarting"
+        return "running" if c.proc is not None and c.proc.poll() is None else "exited"
+    return [(c.name, state(c), c.restarts) for c in children]
 
 
 def _signal_group(child: Child, sig: int) -> None:
@@ -140,22 +148,25 @@ def stop_all(children: list[Child], grace_s: float = 20.0) -> None:
         c.proc.wait()
 
 
-def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
-    """Start and supervise all processes; return the exit code for ``asyncrl up``."""
+def run_up(cfg: RunConfig, config_path: Path, overrides: list[str], verbose: bool = False) -> int:
+    """Start and supervise all processes; return the exit code for ``asyncrl up``. On a terminal
+    the console is a live view (:mod:`asyncrl.live`) unless ``verbose``; logs/ has every line."""
     log_dir = cfg.run.dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     interrupted = threading.Event()
     prev = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     prev_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     learner_restarts = 0
+    current: list[Child] = []
+    sink = make_sink(cfg.run.dir, cfg.run.max_steps, lambda: _states(current), verbose)
     try:
         while True:
-            children = plan_children(cfg, config_path, overrides)
+            children = current[:] = plan_children(cfg, config_path, overrides)
             log.info("resolved configs: %s", write_resolved(cfg, cfg.run.dir, [c.name for c in children]))
             try:
                 for c in children:
-                    _spawn(c, log_dir)
-                code = _supervise(children, interrupted, cfg, log_dir)
+                    _spawn(c, log_dir, sink)
+                code = _supervise(children, interrupted, cfg, log_dir, sink)
             finally:
                 stop_all(children)
             if code != LEARNER_DIED:
@@ -171,6 +182,7 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
             cfg.run.resume = True  # what the restarted processes read (and their resolved configs show)
             time.sleep(cfg.run.restart_backoff_s * 2 ** (learner_restarts - 1))
     finally:
+        sink.close()
         signal.signal(signal.SIGINT, prev)
         signal.signal(signal.SIGTERM, prev_term)
 
@@ -178,7 +190,7 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str]) -> int:
 LEARNER_DIED = -1
 
 
-def _spawn(c: Child, log_dir: Path) -> None:
+def _spawn(c: Child, log_dir: Path, sink: Sink) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if c.env is not None:
         from asyncrl.placement import child_env
@@ -186,7 +198,7 @@ def _spawn(c: Child, log_dir: Path) -> None:
         env = child_env(c.env, env)
     c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True, cwd=os.getcwd())
-    threading.Thread(target=_forward, args=(c, log_dir), daemon=True).start()
+    threading.Thread(target=_forward, args=(c, log_dir, sink), daemon=True).start()
     log.info("started %s (pid %d)", c.name, c.proc.pid)
 
 
@@ -201,7 +213,8 @@ def _event(cfg: RunConfig, kind: str, name: str, count: int, why: str) -> None:
                             "why": why}) + "\n")
 
 
-def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConfig, log_dir: Path) -> int:
+def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConfig, log_dir: Path,
+               sink: Sink) -> int:
     learner = next(c for c in children if c.name == "learner")
     while True:
         if interrupted.is_set():
@@ -212,7 +225,7 @@ def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConf
             if c.restart_at is not None:
                 if now >= c.restart_at:
                     c.restart_at = None
-                    _spawn(c, log_dir)
+                    _spawn(c, log_dir, sink)
                 continue
             code = c.proc.poll() if c.proc else None
             if code is None:

@@ -94,6 +94,18 @@ def up_argv(config: Path, run_dir: Path, sets: list[str], max_steps: int | None 
     return argv + [a for s in sets for a in ("--set", s)]
 
 
+def _pty(columns: int, rows: int = 50) -> tuple[int, int]:
+    """A pseudo-terminal (master, slave) of the given size."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    return master, slave
+
+
 class Up:
     """One ``asyncrl up`` in its own session; its output is read by a thread (kept in
     :attr:`lines`, copied to ``log`` if given, passed to ``on_line``), its children's pids are
@@ -101,17 +113,24 @@ class Up:
 
     def __init__(self, config: Path, run_dir: Path, sets: list[str], max_steps: int | None = None, *,
                  resume: bool = False, log: Path | None = None,
-                 on_line: Callable[[str], None] | None = None) -> None:
+                 on_line: Callable[[str], None] | None = None, tty: bool = False) -> None:
         self.run_dir, self.sets = run_dir, sets
         self.lines: list[str] = []
         self.pids: dict[str, int] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._log = open(log, "a", buffering=1) if log is not None else None  # noqa: SIM115 (closed by close())
         self._on_line = on_line
-        self.proc = subprocess.Popen(up_argv(config, run_dir, sets, max_steps, resume), cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        argv, env = up_argv(config, run_dir, sets, max_steps, resume), {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if tty:  # on a terminal, as a user's `make quickstart` is (asyncrl.live's view)
+            self._master, slave = _pty(columns=160)
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                                         text=True, start_new_session=True, env={**env, "TERM": "xterm-256color"})
+            os.close(slave)
+            self._reader = threading.Thread(target=self._read_tty, daemon=True)
+        else:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, start_new_session=True, env=env)
+            self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     @property
@@ -122,18 +141,40 @@ class Up:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def _read_tty(self) -> None:
+        """The terminal's output, split into lines (escape codes and all)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+            *done, data = data.split(b"\n")
+            for raw in done:
+                self._line(raw.decode(errors="replace") + "\n")
+        if data:
+            self._line(data.decode(errors="replace"))
+        os.close(self._master)
+        self._queue.put(None)
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line)
-            if m := STARTED.search(line):
-                self.pids[m.group(1)] = int(m.group(2))
-            if self._log is not None:
-                self._log.write(line)
-            if self._on_line is not None:
-                self._on_line(line)
-            self._queue.put(line)
+            self._line(line)
         self._queue.put(None)
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        if m := STARTED.search(line):
+            self.pids[m.group(1)] = int(m.group(2))
+        if self._log is not None:
+            self._log.write(line)
+        if self._on_line is not None:
+            self._on_line(line)
+        self._queue.put(line)
 
     def follow(self, timeout_s: float = 600) -> Iterator[str]:
         """Yield output lines as they come until the output ends; AssertionError past ``timeout_s``."""

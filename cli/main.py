@@ -44,7 +44,9 @@ def _overrides(sets: list[str], run_dir: Path | None, max_steps: int | None) -> 
 def _load(config: Path, sets: list[str], run_dir: Path | None = None,
           max_steps: int | None = None, resume: bool = False) -> tuple[RunConfig, list[str]]:
     overrides = _overrides(sets, run_dir, max_steps) + (["run.resume=true"] if resume else [])
-    return load_config(config, overrides), overrides
+    cfg: RunConfig = load_config(config, overrides)
+    from asyncrl.hub import resolve_models
+    return cfg, resolve_models(cfg, overrides)  # hub names -> local snapshots, for every child too
 
 
 def _run(role: str, fn: Callable[[], object]) -> None:
@@ -90,6 +92,9 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
        dry_run: bool = typer.Option(False, "--dry-run", help="Validate, then print every process with its "
                                     "command line, devices and addresses; start nothing."),
+       verbose: bool = typer.Option(False, "--verbose", "-v", help="Every line of every process on the console "
+                                    "(vLLM's included), instead of the live view a terminal gets; "
+                                    "<run.dir>/logs/<process>.log has them either way."),
        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Validate CONFIG once, then start all generators, reward workers and the learner as processes."""
     def go() -> None:
@@ -103,7 +108,7 @@ def up(config: Path = typer.Argument(..., help="Run config (TOML)."),
             from asyncrl.procplan import describe_plan
             typer.echo(describe_plan(cfg, config, overrides))
             return
-        code = run_up(cfg, config, overrides)
+        code = run_up(cfg, config, overrides, verbose=verbose)
         if code:
             raise typer.Exit(code)
     _run("up", go)
@@ -175,6 +180,8 @@ def sft(config: Path = typer.Argument(..., help="SFT config (TOML), see configs/
     def go() -> None:
         from asyncrl.train_config import SFTConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=SFTConfig)
+        from asyncrl.hub import resolve_models
+        resolve_models(cfg, [])  # a hub name in model.path: its local snapshot
         _setup_logging("sft", cfg)
         _check_trackers(cfg)
         from asyncrl.data.supervised import check_sft_inputs
@@ -193,6 +200,8 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
     def go() -> None:
         from asyncrl.train_config import RMConfig
         cfg = load_config(config, _overrides(set_, run_dir, max_steps), schema=RMConfig)
+        from asyncrl.hub import resolve_models
+        resolve_models(cfg, [])  # a hub name in model.path: its local snapshot
         _setup_logging("rm-train", cfg)
         _check_trackers(cfg)
         from asyncrl.data.supervised import check_preference_inputs
@@ -259,6 +268,25 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (asyncrl up
             raise typer.Exit(2) from None
         typer.echo(str(page))
     _run("report", go)
+
+
+@app.command()
+def samples(run_dir: Path = typer.Argument(..., help="A run directory (asyncrl up --run-dir)."),
+            step: int | None = typer.Option(None, "--step", help="The dump of this step (default: the newest)."),
+            worst: int | None = typer.Option(None, "--worst", help="Only the K lowest-reward samples."),
+            split: str = typer.Option("train", "--split", help="train, or val (the validation samples)."),
+            limit: int | None = typer.Option(None, "--limit", help="At most this many samples."),
+            max_chars: int = typer.Option(600, "--max-chars", help="Clip prompts (their end) and responses.")) -> None:
+    """Print a run's sample dumps (<run dir>/samples/, every logging.samples_every steps and each
+    validation): prompt, response, reward, reward error, policy version, staleness, and the
+    learner-minus-behaviour log-prob gap of each sample."""
+    def go() -> None:
+        from asyncrl.config import ConfigError
+        if split not in ("train", "val"):
+            raise ConfigError(f"--split {split!r}: choose train or val")
+        from cli.samples import show
+        show(run_dir, split, step, worst, limit, max_chars)
+    _run("samples", go)
 
 
 BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",

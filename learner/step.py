@@ -97,6 +97,7 @@ class Trainer:
         self.device = next(self.policy.parameters()).device
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.last_logprob_gap = torch.zeros(0)  # [N] of the last step (learner.samples dumps it)
 
     def _chunks(self, ro: Rollouts, members: list[int]) -> list[list[int]]:
         """This rank's micro-batches of the samples ``members``; ``[]`` is a zero-weight padding
@@ -181,9 +182,13 @@ class Trainer:
             rewards, ro.mask, index=ro.index, values=values, baselines=ro.baselines, gamma=a.gamma,
             lam=a.lam, norm_by_std=a.norm_adv_by_std, eps=a.adv_eps)
         sw, skeep = staleness_weights(ro.staleness_grid(), lr.max_staleness, a.stale_policy)  # [N, T]
-        pb = PreparedBatch(ro, adv, returns, ref, values, old, sw, skeep)
+        N = ro.mask.shape[0]
+        pb = PreparedBatch(ro, adv, returns, ref, values, old, sw, skeep, logprob_gap=torch.full((N,), float("nan")))
         minis = mini_batches(ro.index, lr.ppo_mini_batches)
         updates = [self._update(pb, members) for _ in range(lr.ppo_epochs) for members in minis]
+        # each rank set its own samples' gaps (nan elsewhere): a max over ranks gathers them
+        self.last_logprob_gap = self._all_reduce(torch.nan_to_num(pb.logprob_gap, nan=-torch.inf),
+                                                 dist.ReduceOp.MAX)
         stats.update(mean_over_updates(updates), optimizer_steps=float(len(updates)),
                      lr=float(self.scheduler.get_last_lr()[0]))
         self.scheduler.step()
@@ -271,6 +276,8 @@ class Trainer:
         n_tok = mask.sum().clamp(min=1)
         metrics["entropy"] = float((ent.detach() * mask).sum() / n_tok)
         metrics["logprob_abs_diff"] = float(((old - beh).abs() * mask).sum() / n_tok)
+        if live:
+            _first_gap(pb.logprob_gap, idx, lp.detach() if a.old_logprobs == "behaviour" else old, beh, mask)
         metrics["pg_loss"] = float(loss.detach())
         if a.entropy_coef:
             loss = loss - a.entropy_coef * entropy_bonus(ent, keep, a.loss_agg_mode)
@@ -309,6 +316,15 @@ class Trainer:
         if self.critic is not None and self.critic_optimizer is not None:
             out["critic_grad_norm"] = _clip_and_step(self.critic, self.critic_optimizer, self.learner.max_grad_norm)
         return out
+
+
+def _first_gap(gap: Tensor, idx: list[int], learner: Tensor, behaviour: Tensor, mask: Tensor) -> None:
+    """``gap[i]`` = mean (learner - behaviour) log-prob over sample ``i``'s response tokens, for the
+    samples of ``idx`` not set yet (their first update: the weights before this step changed them)."""
+    per = ((learner - behaviour) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    rows = torch.tensor(idx)
+    unset = torch.isnan(gap[rows])
+    gap[rows[unset]] = per.detach().float().cpu()[unset]
 
 
 def _clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:

@@ -35,6 +35,7 @@ from learner.orchestrator.dispatcher import TokenizedPrompt
 from learner.orchestrator.orchestrator import Orchestrator
 from learner.orchestrator.record import StepTimes, truncate_metrics
 from learner.orchestrator.validation import ValSet
+from learner.samples import SampleDumps
 from learner.step import Trainer
 
 log = logging.getLogger("learner")
@@ -171,6 +172,7 @@ class Learner(LearnerRank):
             self.orchestrator.restore(self.resumed)
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         self.timeline = Timeline(cfg.run.dir, "learner")  # wait/train/sync/validate spans (asyncrl report)
+        self.dumps = SampleDumps(cfg.run.dir, cfg.logging.samples_every, self.tokenizer)  # asyncrl samples
         self.metrics = MetricsLogger.from_config(cfg.logging, cfg.run.dir, cfg.run.max_steps, dump_config(cfg),
                                                  resume_step=None if self.resumed is None else self.start_step)
 
@@ -198,8 +200,7 @@ class Learner(LearnerRank):
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 rec, last = self._step(step, start, last)
                 if step == cfg.run.max_steps or (cfg.learner.val_every and step % cfg.learner.val_every == 0):
-                    with self.timeline.span("validate"):
-                        rec.update(orch.validate())
+                    rec.update(self._validate(step))
                 self.metrics.log(rec)
                 if self._checkpoint_due(step):
                     self._checkpoint(step)
@@ -228,6 +229,8 @@ class Learner(LearnerRank):
             self.ranks.send("step", step_payload(batches, version))
             stats = self.trainer.step(batches, version)
         stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
+        if self.dumps.due(step):  # what the model wrote, with what the learner made of it
+            self.dumps.train(step, groups, version, self.trainer.last_logprob_gap)
         orch.trained(groups)
         sync_s = 0.0
         if orch.version % self.cfg.learner.sync_every == 0:
@@ -238,9 +241,15 @@ class Learner(LearnerRank):
         times = StepTimes(trained_at=version, sync_s=sync_s, step_s=now - last, time_s=now - start)
         return orch.record(step, groups, stats, times), now
 
-    def _log_validation(self) -> None:
+    def _validate(self, step: int) -> dict[str, float]:
+        """Every validation set's metrics; their samples go to the step's validation dump."""
+        version = self.orchestrator.version
         with self.timeline.span("validate"):
-            val = self.orchestrator.validate()
+            return self.orchestrator.validate(lambda results: self.dumps.validation(
+                step, {r.set.name or "test": r.groups for r in results}, version))  # data.test: "test"
+
+    def _log_validation(self) -> None:
+        val = self._validate(0)
         if val:
             self.metrics.log({"step": 0, "policy_version": self.orchestrator.version, "time_s": 0.0, **val})
 

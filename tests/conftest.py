@@ -168,7 +168,8 @@ def sync_sets(tiny_model_dir: Path, arith_dir: Path) -> list[str]:
     """The tiny config synchronous (max_staleness 0: each step's prompts do not depend on timing),
     a checkpoint every 3 steps, the newest kept."""
     return data_overrides(tiny_model_dir, arith_dir) + [
-        "learner.max_staleness=0", f"learner.checkpoint_every={SYNC_EVERY}", "learner.keep_checkpoints=1"]
+        "learner.max_staleness=0", f"learner.checkpoint_every={SYNC_EVERY}", "learner.keep_checkpoints=1",
+        f"logging.samples_every={SYNC_EVERY}"]
 
 
 @pytest.fixture(scope="session")

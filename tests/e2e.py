@@ -18,16 +18,17 @@ SPEED = ["placement.learner_threads=1"]
 
 
 def start_up(config: Path, run_dir: Path, overrides: list[str], max_steps: int | None = None, *,
-             resume: bool = False) -> Up:
-    """``asyncrl up`` started with fresh ports (``up.sets`` holds them); use as a context manager."""
-    return Up(config, run_dir, SPEED + overrides + port_sets(), max_steps, resume=resume)
+             resume: bool = False, tty: bool = False) -> Up:
+    """``asyncrl up`` started with fresh ports (``up.sets`` holds them); use as a context manager.
+    ``tty``: on a pseudo-terminal, as a user runs it (the live view)."""
+    return Up(config, run_dir, SPEED + overrides + port_sets(), max_steps, resume=resume, tty=tty)
 
 
 def run_up(config: Path, run_dir: Path, overrides: list[str], max_steps: int,
-           timeout_s: float = 600) -> subprocess.CompletedProcess:
+           timeout_s: float = 600, tty: bool = False) -> subprocess.CompletedProcess:
     """``asyncrl up`` to completion in its own session (output in ``.stdout``); the whole process
     tree is killed on timeout and at the end."""
-    with start_up(config, run_dir, overrides, max_steps) as up:
+    with start_up(config, run_dir, overrides, max_steps, tty=tty) as up:
         code = up.wait(timeout_s)
         return subprocess.CompletedProcess(up.proc.args, code, up.output, "")
 

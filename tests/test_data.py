@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,7 +96,10 @@ def test_gsm8k_from_directory_and_errors(tmp_path: Path, monkeypatch: pytest.Mon
         convert_gsm8k(str(bad), tmp_path / "o2")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         convert_gsm8k(str(tmp_path / "missing.jsonl"), tmp_path / "o3")
-    monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
+    import huggingface_hub.constants as hub  # offline, an empty cache: the hub id cannot resolve
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(DataError, match="openai/gsm8k.*hub"):
         convert_gsm8k("openai/gsm8k", tmp_path / "o4")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,9 +102,13 @@ def test_a_finished_run_continues_to_a_larger_total(tiny_run: SharedRun, tiny_mo
     same = subprocess.run(argv + ["--max-steps", str(TINY_STEPS)] + [a for s in sets for a in ("--set", s)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert same.returncode == 2 and f"--resume --max-steps {2 * TINY_STEPS}" in same.stderr, same.stderr[-2000:]
-    res = run_up(REPO / "configs" / "tiny_cpu.toml", run, sets, max_steps=TINY_STEPS + 2)
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert f"serve the resumed weights v{TINY_STEPS}" in res.stdout
+    res = run_up(REPO / "configs" / "tiny_cpu.toml", run, sets, max_steps=TINY_STEPS + 2, tty=True)
+    screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", res.stdout)  # on a terminal: asyncrl.live's view
+    assert res.returncode == 0, screen[-4000:]
+    assert f"serve the resumed weights v{TINY_STEPS}" in screen  # the learner's milestones are shown
+    assert f"asyncrl up · {run}" in screen and re.search(rf"step\s+{TINY_STEPS + 2}/{TINY_STEPS + 2}", screen)
+    assert "EngineCore" not in screen and "Failed to load weights" not in screen  # vLLM's chatter is not...
+    assert "EngineCore" in (run / "logs" / "rollout-0.log").read_text()  # ...but is in the generator's log
     steps = [r for r in read_metrics(run) if "reward_mean" in r]
     assert [r["step"] for r in steps] == list(range(1, TINY_STEPS + 3))
     assert [r["policy_version"] for r in steps[-2:]] == [TINY_STEPS + 1, TINY_STEPS + 2]

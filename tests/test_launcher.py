@@ -101,3 +101,34 @@ def test_resolved_configs_hold_the_sections_each_role_reads(tmp_path: Path, capl
     assert "learner" not in rollout and "algorithm" not in rollout and rollout["rollout"]["max_inflight_prompts"] == 8
     assert "sampling" not in reward and reward["reward"]["function"] == "toy_digits"
     assert got["reward-0"] == reward  # the index is a command-line argument, not config
+
+
+def test_live_view_shows_what_matters() -> None:
+    from asyncrl.live import worth_showing
+
+    ours = "2026-12-03 13:29:56,518 {} [{}] {}"
+    assert worth_showing("learner", ours.format("INFO", "learner", "saved final checkpoint to runs/x/final"))
+    assert not worth_showing("learner", ours.format("INFO", "learner", "step 3/30 reward_mean=0.1"))  # the panel's
+    assert not worth_showing("rollout-0", ours.format("INFO", "rollout-0", "weights v3 applied in 0.05s"))
+    assert worth_showing("rollout-0", ours.format("WARNING", "rollout-0", "learner silent for 60s"))
+    assert worth_showing("reward-0", ours.format("ERROR", "reward-0", "reward function raised"))
+    vllm = "(Worker pid=22960) WARNING 12-03 08:27:52 [layerwise.py:266] RotaryEmbedding: Failed to load weights"
+    assert not worth_showing("rollout-0", vllm)
+    assert not worth_showing("learner", "Loading weights: 100%|██████████| 20/20")
+    assert worth_showing("rollout-0", "Traceback (most recent call last):")
+    assert worth_showing("learner", "asyncrl learner: data.train: dataset file not found: x")
+
+
+def test_metrics_tail_reads_only_whole_lines(tmp_path: Path) -> None:
+    from asyncrl.live import MetricsTail
+
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    tail.poll()  # no file yet
+    path.write_text(json.dumps({"step": 0, "val_accuracy": 0.25}) + "\n" + '{"step": 1, "reward_me')
+    tail.poll()
+    assert tail.val == {"val_accuracy": 0.25, "step": 0} and tail.step == {}
+    with path.open("a") as f:
+        f.write('an": 0.5}\n')
+    tail.poll()
+    assert tail.step == {"step": 1, "reward_mean": 0.5}

@@ -146,7 +146,7 @@ def _convert_and_describe(command: str, max_prompt_tokens: int | None, tokenizer
 
 @app.command()
 def gsm8k(
-    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    source: str = typer.Option("openai/gsm8k", "--source", help=SOURCE_HELP + " Default: the hub's openai/gsm8k."),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
     limit: int | None = typer.Option(None, help=LIMIT_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),

@@ -4,8 +4,8 @@
 
 * a file: shuffled with ``seed``, ``test_fraction`` of it becomes the test split;
 * a directory with one ``train*`` and one ``test*`` file of those types (searched recursively);
-* otherwise a hub id, through the ``datasets`` package when installed and the hub is
-  reachable (a dataset with only one split is split like a file).
+* otherwise a hub id: its data files, fetched into the hub cache or read from it offline
+  (:mod:`asyncrl.hub`; a dataset with only one file is split like a file).
 
 :func:`convert_custom` builds one user message per row from ``prompt_column`` (a string,
 or already a list of ``{role, content}`` messages), optionally through a template, and
@@ -80,21 +80,18 @@ def _find_split(folder: Path, split: str) -> Path:
 
 
 def _load_hub(source: str, seed: int, test_fraction: float) -> dict[str, list[dict[str, Any]]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"{source!r} is not a local file or directory, and the `datasets` package is not installed to fetch "
-            f"it from the hub; pass a local file ({'/'.join(SUFFIXES)}) or a directory with train/test files"
-        ) from None
-    try:
-        ds = datasets.load_dataset(source)
-        splits = {name: ds[name].to_list() for name in ds}
-    except Exception as exc:
-        raise DataError(f"could not load {source!r} from the hub (unreachable or unknown: {exc})") from exc
-    if "train" in splits and "test" in splits:
-        return {"train": splits["train"], "test": splits["test"]}
-    return _split_rows(next(iter(splits.values())), seed, test_fraction)
+    """A hub dataset's data files, fetched or from the hub cache: its train/test files, or its one
+    file split like a local one."""
+    from asyncrl.hub import fetch_dataset
+
+    folder = fetch_dataset(source, "--source")
+    files = sorted(p for p in folder.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    if any(p.name.startswith("train") for p in files) and any(p.name.startswith("test") for p in files):
+        return {split: read_records(_find_split(folder, split)) for split in ("train", "test")}
+    if len(files) != 1:
+        raise DataError(f"--source {source}: the hub copy in {folder} has {len(files)} data files and no "
+                        f"train*/test* pair; download it and pass the file to use")
+    return _split_rows(read_records(files[0]), seed, test_fraction)
 
 
 def load_splits(source: str | Path, seed: int = 0, test_fraction: float = 0.1) -> tuple[dict[str, list], str]:

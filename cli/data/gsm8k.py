@@ -10,8 +10,8 @@ Sources, tried in this order:
   ``test_fraction`` of the rows going to the test split;
 * a directory holding ``train*`` and ``test*`` files of those types (searched
   recursively, e.g. the hub layout ``main/train-00000-of-00001.parquet``);
-* a hub id such as ``openai/gsm8k``, through the ``datasets`` package, when installed
-  and the hub is reachable.
+* a hub id such as ``openai/gsm8k`` (the default): its parquet files, fetched into the hub
+  cache or read from it offline (:mod:`asyncrl.hub`).
 
 ``limit`` caps the rows of each split (the first ``limit`` rows, in source order).
 """
@@ -64,22 +64,12 @@ def _find_split(folder: Path, split: str) -> Path:
 
 
 def _load_hub(source: str) -> dict[str, list[dict[str, Any]]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"{source!r} is not a local file or directory, and the `datasets` package is not installed "
-            f"to fetch it from the hub; pass a local parquet/jsonl file or a directory with train/test files"
-        ) from None
-    try:
-        name = "main" if source.rstrip("/").endswith("gsm8k") else None
-        ds = datasets.load_dataset(source, name)
-        return {split: ds[split].to_list() for split in ("train", "test")}
-    except Exception as exc:
-        raise DataError(
-            f"could not load {source!r} from the hub (unreachable or unknown: {exc}); "
-            f"pass a local parquet/jsonl file or a directory with train/test files"
-        ) from exc
+    """A hub dataset's train/test files (gsm8k: its ``main`` config), fetched or from the hub cache."""
+    from asyncrl.hub import fetch_dataset
+
+    subdir = "main" if source.rstrip("/").endswith("gsm8k") else None
+    folder = fetch_dataset(source, "--source", subdir=subdir)
+    return {split: _read_file(_find_split(folder, split)) for split in ("train", "test")}
 
 
 def _load(source: str, seed: int, test_fraction: float) -> tuple[dict[str, list[dict[str, Any]]], str]:

@@ -58,6 +58,9 @@ class PreparedBatch:
     old: Tensor | None
     stale_weights: Tensor  # [N, T] per token (a sync mid-episode gives one sample tokens of two versions)
     stale_keep: Tensor     # [N, T]
+    # [N] mean learner-minus-behaviour log-prob per response token, set at each sample's first
+    # update (the learner's weights before it changed them): what the sample dumps show
+    logprob_gap: Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
 def mini_batches(index: Tensor, n: int) -> list[list[int]]:

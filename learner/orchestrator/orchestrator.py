@@ -149,10 +149,13 @@ class Orchestrator:
         """Broadcast the weights of :attr:`version` to every live generator; seconds until all serve them."""
         return self.syncer.sync(self.version)
 
-    def validate(self) -> dict[str, float]:
-        """Score every validation set with the generators at their current version: the metrics."""
-        return validation_metrics(self.run_validation(), self.cfg.reward.function,
-                                  multi_turn=self.cfg.environment.name is not None)
+    def validate(self, dump: Callable[[list[ValidationResult]], object] | None = None) -> dict[str, float]:
+        """Score every validation set with the generators at their current version: the metrics
+        (``dump`` also gets the scored groups, e.g. :meth:`learner.samples.SampleDumps.validation`)."""
+        results = self.run_validation()
+        if dump is not None and results:
+            dump(results)
+        return validation_metrics(results, self.cfg.reward.function, multi_turn=self.cfg.environment.name is not None)
 
     def run_validation(self) -> list[ValidationResult]:
         """Queue every set's prompts at once (validation bypasses admission), wait for all of them
