@@ -12,6 +12,7 @@ scores through :mod:`rollout.evaluate`, and writes ``eval.json``, ``eval.md`` an
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -200,6 +201,8 @@ def main(o: EvalOptions) -> dict[str, Any]:
     from asyncrl.evaluation.report import build_report, markdown_table, write_report
 
     ks = check_options(o)
+    # vLLM's INFO lines would bury the progress and the table; VLLM_LOGGING_LEVEL=INFO brings them back
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     model, note = resolve_model(o.model)
     from reward.answers import RewardChoice
 

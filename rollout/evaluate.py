@@ -25,7 +25,7 @@ from asyncrl.transport.items import PromptItem
 from learner.orchestrator.dispatcher import TokenizedPrompt
 from reward.answers import RewardChoice, extract_answers
 from reward.safe_call import SafeRewardCaller
-from rollout.worker import build_engine, greedy_params, sampling_params
+from rollout.worker import build_engine, greedy_params, sampling_params, shutdown_engine
 
 
 @dataclass
@@ -85,7 +85,7 @@ async def generate_sets(cfg: RunConfig, sets: dict[str, list[TokenizedPrompt]],
         done = await asyncio.gather(*(asyncio.gather(*js) for js in jobs.values()))
         return dict(zip(jobs, done))
     finally:
-        engine.shutdown()
+        shutdown_engine(engine)
         engine = None
         gc.collect()  # AsyncLLM.__del__ shuts down again: run it now, not at exit when vLLM's modules are gone
 
