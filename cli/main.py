@@ -212,7 +212,8 @@ def rm_train(config: Path = typer.Argument(..., help="Reward-model config (TOML)
 
 
 @app.command("eval")
-def eval_(model: Path = typer.Argument(..., help="HF model directory, or a run directory (its checkpoints/final, "
+def eval_(model: Path = typer.Argument(..., metavar="MODEL_OR_CHECKPOINT",
+                                       help="HF model directory, or a run directory (its checkpoints/final, "
                                        "else its newest checkpoints/step_N export)."),
           data: list[Path] = typer.Option(..., "--data", help="Parquet set in veRL's schema (repeatable)."),
           n: int = typer.Option(4, "--n", help="Sampled replies per prompt (K of mean@K, pass@k, maj@K)."),

@@ -14,8 +14,8 @@ from cli.data.commands import app
 from reward.functions import default_reward_name, get_reward_fn
 
 MATH500 = [  # HuggingFaceH4/MATH-500's columns
-    {"problem": "What is $\\frac{1}{2}+\\frac{1}{4}$?", "solution": "... $\\boxed{\\frac{3}{4}}$", "answer": "\\frac{3}{4}",
-     "subject": "Prealgebra", "level": 2, "unique_id": "test/prealgebra/1.json"},
+    {"problem": "What is $\\frac{1}{2}+\\frac{1}{4}$?", "solution": "... $\\boxed{\\frac{3}{4}}$",
+     "answer": "\\frac{3}{4}", "subject": "Prealgebra", "level": 2, "unique_id": "test/prealgebra/1.json"},
     {"problem": "Solve $x+1=3$.", "solution": "$x=\\boxed{2}$", "answer": "2", "subject": "Algebra", "level": 1,
      "unique_id": "test/algebra/2.json"},
 ]
@@ -51,7 +51,8 @@ def test_aime_from_parquet_folder_with_integer_answers(tmp_path: Path) -> None:
     assert code == 0, out
     (row,) = load_prompts(tmp_path / "aime" / "test.parquet")
     assert row.ground_truth == "204" and row.data_source == "aime" and row.extra_info["id"] == "60"
-    assert get_reward_fn(default_reward_name("aime"))("aime", "The answer is \\boxed{204}.", row.ground_truth, {}) == 1.0
+    score = get_reward_fn(default_reward_name("aime"))
+    assert score("aime", "The answer is \\boxed{204}.", row.ground_truth, {}) == 1.0
 
 
 def test_eval_set_bad_sources_exit_2_naming_file_and_column(tmp_path: Path) -> None:

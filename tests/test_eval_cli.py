@@ -60,7 +60,8 @@ def test_eval_two_sets_on_the_tiny_model(tiny_model_dir: Path, arith_dir: Path, 
     # digits: a 0/1 reward, so mean@4 is pass@1; no answer extractor, so no maj@4
     assert dig["mean@4"] == dig["pass@1"] and 0 < dig["pass@1"] < 1 and dig["maj@4"] is None
     table = (out / "eval.md").read_text()
-    assert "| set | data_source | prompts | greedy acc | mean@4 | pass@1 | pass@2 | pass@4 | maj@4 | no answer |" in table
+    head = "| set | data_source | prompts | greedy acc | mean@4 | pass@1 | pass@2 | pass@4 | maj@4 | no answer |"
+    assert head in table
     assert f"| digits | digits | 6 | {dig['greedy_accuracy']:.3f} | {dig['mean@4']:.3f} |" in table
     assert table.split("\n| set")[1] in res.stdout  # the same table printed
     samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
