@@ -191,9 +191,13 @@ def test_overlap_fraction() -> None:
     # train [0, 10]; generator 0 generates [5, 20] but is paused [6, 7]: busy 1 + 3 s of training
     o = overlap(_spans([("train", 0, 10)], [("generate", 5, 20), ("sync", 6, 7)]))
     assert o is not None and o.train_overlap == pytest.approx(0.4)
+    assert o.busy_s == pytest.approx(14) and o.generation_hidden == pytest.approx(4 / 14)
+    # generation during validation does not count against hiding
+    v = overlap(_spans([("train", 0, 10), ("validate", 10, 20)], [("generate", 0, 20)]))
+    assert v is not None and v.busy_s == pytest.approx(10) and v.generation_hidden == pytest.approx(1.0)
     # a synchronous loop: generate, then train
     sync = overlap(_spans([("train", 10, 20), ("train", 30, 40)], [("generate", 0, 10), ("generate", 20, 30)]))
-    assert sync is not None and sync.train_overlap == 0.0
+    assert sync is not None and sync.train_overlap == 0.0 and sync.generation_hidden == 0.0
     # two generators: either one busy counts once
     two = overlap(_spans([("train", 0, 10)], [("generate", 0, 5)], [("generate", 3, 8)]))
     assert two is not None and two.train_overlap == pytest.approx(0.8)

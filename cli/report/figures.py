@@ -265,8 +265,9 @@ def _lanes(ax: Any, run: RunData, names: list[str], ov: Overlap, window: tuple[f
 
 def overlap_sentence(ov: Overlap) -> str:
     busy = ", ".join(f"{g} busy {f:.0%}" for g, f in sorted(ov.busy_fraction.items()))
-    return (f"Some generator was busy during {ov.train_overlap:.0%} of the learner's {ov.train_s:.1f} s of training "
-            f"(asynchrony hides generation behind training; a synchronous loop scores 0%). Over the "
+    return (f"Some generator was busy during {ov.train_overlap:.0%} of the learner's {ov.train_s:.1f} s of training, "
+            f"and {ov.generation_hidden:.0%} of the {ov.busy_s:.1f} s of generation ran while the learner trained "
+            f"(hidden behind training by asynchrony; a synchronous loop scores 0% on both). Over the "
             f"{ov.wall_s:.0f} s timeline: {busy}; the learner waited {ov.learner_wait_s:.1f} s for batches and "
             f"spent {ov.learner_sync_s:.1f} s publishing weights.")
 

@@ -1,9 +1,11 @@
 """How much generation and training overlapped, from the timeline spans (:mod:`asyncrl.timeline`).
 
 A generator counts as busy while it has requests in flight (``generate``) and is not paused for a
-weight update (``sync``). The headline figure is the fraction of the learner's ``train`` time during
-which at least one generator was busy: 0 for a synchronous loop, near 1 when generation hides behind
-training::
+weight update (``sync``). Two figures, both 0 for a synchronous loop: the fraction of the learner's
+``train`` time during which at least one generator was busy (near 1 when generation keeps up with
+training), and the fraction of generation (outside the learner's ``validate`` spans, whose generation
+nothing trains on) that ran while the learner trained (near 1 when generation hides behind training;
+with fast generators and a slow learner only this one is high)::
 
     o = overlap(run.spans)
     print(f"{o.train_overlap:.0%} of training ran while a generator was busy")
@@ -88,6 +90,8 @@ class Overlap:
     wall_s: float  # first span start to last span end
     train_s: float  # learner training
     train_overlap: float  # fraction of train_s with at least one generator busy
+    busy_s: float  # time with at least one generator busy, validation excluded
+    generation_hidden: float  # fraction of busy_s during learner training
     busy_fraction: dict[str, float]  # generator -> busy / wall_s
     learner_sync_s: float
     learner_wait_s: float
@@ -102,9 +106,10 @@ def overlap(spans: Spans) -> Overlap | None:
     start = min(s[1] for ss in spans.values() for s in ss)
     wall = max(s[2] for ss in spans.values() for s in ss) - start
     any_busy = merge([iv for ivs in busy.values() for iv in ivs])
-    train_s = total(train)
     learner = spans["learner"]
-    return Overlap(start=start, wall_s=wall, train_s=train_s,
-                   train_overlap=total(intersect(train, any_busy)) / train_s if train_s > 0 else 0.0,
+    train_s, both = total(train), total(intersect(train, any_busy))
+    busy_s = total(subtract(any_busy, of_kind(learner, "validate")))
+    return Overlap(start=start, wall_s=wall, train_s=train_s, train_overlap=both / train_s if train_s > 0 else 0.0,
+                   busy_s=busy_s, generation_hidden=both / busy_s if busy_s > 0 else 0.0,
                    busy_fraction={g: total(ivs) / wall if wall > 0 else 0.0 for g, ivs in busy.items()},
                    learner_sync_s=total(of_kind(learner, "sync")), learner_wait_s=total(of_kind(learner, "wait")))

@@ -68,7 +68,10 @@ def summary(run: RunData) -> list[tuple[str, str]]:
     pauses = [t1 - t0 for g, s in run.spans.items() if g.startswith("generator-") for t0, t1 in of_kind(s, "sync")]
     rows.append(("weight syncs: median generator pause", f"{median(pauses):.3f} s" if pauses else None))
     ov = overlap(run.spans)
-    rows.append(("training overlapped by generation", f"{ov.train_overlap:.0%}" if ov else None))
+    rows.append(("training overlapped by generation", f"{ov.train_overlap:.0%} of the learner's training time"
+                 if ov else None))
+    rows.append(("generation hidden behind training", f"{ov.generation_hidden:.0%} of the generators' busy time"
+                 if ov else None))
     restarts = [e for e in run.supervisor if e.get("event") == "restart"]
     who = sorted({str(e.get("process")) for e in restarts})
     rows.append(("process restarts (supervisor.jsonl)", f"{len(restarts)}" + (f" ({', '.join(who)})" if who else "")))
