@@ -264,10 +264,13 @@ def _lanes(ax: Any, run: RunData, names: list[str], ov: Overlap, window: tuple[f
 
 
 def overlap_sentence(ov: Overlap) -> str:
-    busy = ", ".join(f"{g} busy {f:.0%}" for g, f in sorted(ov.busy_fraction.items()))
+    fr = ov.busy_fraction
+    busy = (", ".join(f"{g} busy {fr[g]:.0%}" for g in lanes(dict.fromkeys(fr, []))) if len(fr) <= 4 else
+            f"{len(fr)} generators busy {min(fr.values()):.0%}-{max(fr.values()):.0%} (mean "
+            f"{sum(fr.values()) / len(fr):.0%})")
     return (f"Some generator was busy during {ov.train_overlap:.0%} of the learner's {ov.train_s:.1f} s of training, "
-            f"and {ov.generation_hidden:.0%} of the {ov.busy_s:.1f} s of generation ran while the learner trained "
-            f"(hidden behind training by asynchrony; a synchronous loop scores 0% on both). Over the "
+            f"and {ov.generation_hidden:.0%} of the {ov.busy_s:.1f} s with some generator busy (validation excluded) "
+            f"fell within training (generation hidden by asynchrony; a synchronous loop scores 0% on both). Over the "
             f"{ov.wall_s:.0f} s timeline: {busy}; the learner waited {ov.learner_wait_s:.1f} s for batches and "
             f"spent {ov.learner_sync_s:.1f} s publishing weights.")
 

@@ -70,7 +70,7 @@ def summary(run: RunData) -> list[tuple[str, str]]:
     ov = overlap(run.spans)
     rows.append(("training overlapped by generation", f"{ov.train_overlap:.0%} of the learner's training time"
                  if ov else None))
-    rows.append(("generation hidden behind training", f"{ov.generation_hidden:.0%} of the generators' busy time"
+    rows.append(("generation hidden behind training", f"{ov.generation_hidden:.0%} of the time some generator was busy"
                  if ov else None))
     restarts = [e for e in run.supervisor if e.get("event") == "restart"]
     who = sorted({str(e.get("process")) for e in restarts})
