@@ -52,3 +52,27 @@ def test_deploy_toml_keeps_val_sets() -> None:
     text = config_toml(cfg)
     assert 'val = [{name = "a", path = "x.parquet", n = 4, temperature = 0.7}, {name = "b", path = "y"}]' in text
     assert validate_config(tomllib.loads(text)) == cfg
+
+
+def test_val_set_metrics_vote_over_the_replies_answers() -> None:
+    """The learner's side: reply texts of scored groups -> the gsm8k reward's answers -> maj@n."""
+    from asyncrl.transport.items import ScoredGroup
+    from learner.orchestrator.dispatcher import TokenizedPrompt
+    from learner.orchestrator.validation import ValidationResult, ValSet, validation_metrics
+
+    def group(gid: int, texts: list[str], rewards: list[float]) -> ScoredGroup:
+        rows = [{"prompt_id": gid, "group_id": gid, "sample_index": i, "split": "val", "data_source": "gsm8k",
+                 "ground_truth": "4", "prompt_token_ids": [1], "response_token_ids": [2], "behaviour_logprobs": [-1.0],
+                 "response_text": t, "finish_reason": "stop", "policy_version": 3, "policy_version_end": 3,
+                 "generator_index": 0, "gen_start_time": 0.0, "gen_end_time": 0.0, "is_baseline": False,
+                 "attempt": 0} for i, t in enumerate(texts)]
+        return ScoredGroup.from_rows(rows).with_rewards(rewards, [None] * len(rewards))
+
+    groups = [group(0, ["#### 4", "#### 5", "#### 4", "no"], [1.0, 0.0, 1.0, 0.0]),  # votes 4: right
+              group(1, ["#### 5", "#### 5", "#### 4", "#### 4"], [0.0, 0.0, 1.0, 1.0]),  # 2-2 tie: 5 came first
+              group(2, ["no", "none", "nope", "nah"], [0.0] * 4)]  # no answer: wrong
+    v = ValSet("g", [TokenizedPrompt(i, [1], "gsm8k", "4") for i in range(3)], n=4, temperature=1.0)
+    m = validation_metrics([ValidationResult(v, groups)], reward_function=None)
+    assert m["val/g/maj@4"] == 1 / 3 and m["val/g/accuracy"] == 4 / 12 and m["val/g/pass@4"] == 2 / 3
+    assert m["val/g/policy_version_min"] == 3.0 and not any(k.startswith("val_") for k in m)
+    assert "val/g/maj@4" not in validation_metrics([ValidationResult(v, groups)], reward_function="toy_digits")
