@@ -43,3 +43,15 @@ def autocast_bf16_ok(requested: bool, device_type: str) -> bool:
     log.warning("autocast_bf16 is on but this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 matmuls would "
                 "be ~10x slower than fp32 here, so the learner computes in fp32")
     return False
+
+
+def cpu_name() -> str:
+    """The CPU model and whether it computes bf16 natively (benchmark and eval figures depend on both)."""
+    import os
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    isa = "AVX512_BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return f"{name}, {isa}, {os.cpu_count()} cores"

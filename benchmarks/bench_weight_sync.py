@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asyncrl.hardware import cpu_name  # noqa: E402  (bench_lora imports it from here too)
 from benchmarks.common import REPO, SMOLLM2, pick_model, table, write_results  # noqa: E402
 from benchmarks.run_control import port_sets, run_up  # noqa: E402
 
@@ -76,15 +77,6 @@ def raw_broadcast_s(nbytes: int, bucket: int, repeats: int) -> float:
     for p in procs:
         p.join()
     return result
-
-
-def cpu_name() -> str:
-    """The CPU model and whether it computes bf16 natively (figures depend on both)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    isa = "AVX512_BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    return f"{name}, {isa}, {os.cpu_count()} cores"
 
 
 def _sync_ranks(model: Path, world: int, bucket: int, dtype: str, syncs: int, out: Path, gather: bool) -> dict:

@@ -241,7 +241,7 @@ def _machine() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    from benchmarks.bench_weight_sync import cpu_name
+    from asyncrl.hardware import cpu_name
 
     return cpu_name()
 
