@@ -153,9 +153,12 @@ class LiveView:
 
 
 def _val_text(val: dict[str, Any]) -> str:
-    if "val_accuracy" not in val:
+    """``data.test``'s accuracy, then each ``[[data.val]]`` set's (``val/<name>/accuracy``)."""
+    accs = ([("acc", val["val_accuracy"])] if "val_accuracy" in val else []) + [
+        (k.split("/")[1], v) for k, v in val.items() if k.startswith("val/") and k.endswith("/accuracy")]
+    if not accs:
         return "-"
-    return f"acc {_fmt(val['val_accuracy'], '.2f')} @ step {val.get('step')}"
+    return " ".join(f"{name} {_fmt(v, '.2f')}" for name, v in accs) + f" @ step {val.get('step')}"
 
 
 def _worker_text(name: str, state: str, restarts: int) -> str:

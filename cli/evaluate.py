@@ -50,6 +50,12 @@ class EvalOptions:
 def resolve_model(path: Path) -> tuple[Path, str]:
     """The HF directory to load and a note saying which export of a run directory it is."""
     path = Path(path)
+    from asyncrl.hub import is_repo_id
+    from asyncrl.hub import resolve_model as from_hub
+
+    if is_repo_id(path):  # owner/name on the Hugging Face hub: its cached or fetched snapshot
+        local = from_hub(path, "MODEL_OR_CHECKPOINT")
+        return local, f"{local} (hub model {path})"
     if (path / "config.json").is_file():
         return path, f"{path} (HF model directory)"
     ckpts = path if path.name == "checkpoints" else path / "checkpoints"

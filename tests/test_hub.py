@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from asyncrl.hub import is_repo_id
 from tests.conftest import data_overrides
@@ -92,3 +93,18 @@ def test_gsm8k_without_source_reads_the_hub_cache(tmp_path: Path) -> None:
     offline = _cli(tmp_path / "empty-cache", "data", "gsm8k", "--out", str(tmp_path / "o2"))
     assert offline.returncode == 2 and "Traceback" not in offline.stderr
     assert "hf download openai/gsm8k --repo-type dataset" in offline.stderr
+
+
+def test_eval_model_argument_takes_a_hub_name(tmp_path: Path, tiny_model_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub
+
+    from cli.evaluate import resolve_model
+
+    snap = hub_cache_snapshot(tmp_path / "hub", "model", "someorg/tiny-llama")
+    for f in tiny_model_dir.iterdir():
+        shutil.copy(f, snap / f.name)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path, note = resolve_model(Path("someorg/tiny-llama"))
+    assert path == snap and "hub model someorg/tiny-llama" in note

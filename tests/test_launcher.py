@@ -132,3 +132,11 @@ def test_metrics_tail_reads_only_whole_lines(tmp_path: Path) -> None:
         f.write('an": 0.5}\n')
     tail.poll()
     assert tail.step == {"step": 1, "reward_mean": 0.5}
+
+
+def test_live_view_validation_text() -> None:
+    from asyncrl.live import _val_text
+
+    assert _val_text({}) == "-"
+    assert _val_text({"val_accuracy": 0.5, "val/sampled/accuracy": 0.25, "val/sampled/mean@4": 0.1, "step": 10}) == \
+        "acc 0.50 sampled 0.25 @ step 10"
