@@ -122,7 +122,7 @@ class LiveView:
     def line(self, child: str, text: str) -> None:
         text = text.rstrip("\n")
         if worth_showing(child, text):
-            self.console.print(f"[{child}] {text}", markup=False, highlight=False)
+            self.console.print(f"[{child}] {text}", markup=False, highlight=False, soft_wrap=True)  # whole lines
 
     def close(self) -> None:
         self.metrics.poll()

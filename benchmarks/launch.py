@@ -124,7 +124,8 @@ class Up:
         if tty:  # on a terminal, as a user's `make quickstart` is (asyncrl.live's view)
             self._master, slave = _pty(columns=160)
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                                         text=True, start_new_session=True, env={**env, "TERM": "xterm-256color"})
+                                         text=True, start_new_session=True,
+                                         env={**env, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"})
             os.close(slave)
             self._reader = threading.Thread(target=self._read_tty, daemon=True)
         else:

@@ -254,7 +254,7 @@ class _FakeEngine:
                  for i in range(params.n)]
         yield SimpleNamespace(finished=True, outputs=comps)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         pass
 
 
