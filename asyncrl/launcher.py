@@ -157,6 +157,9 @@ def run_up(cfg: RunConfig, config_path: Path, overrides: list[str], verbose: boo
     prev = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     prev_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     learner_restarts = 0
+    from asyncrl.peak import prime
+
+    prime(cfg)  # CPU hosts: matmul peaks for the MFU figures, measured while the machine is still idle
     current: list[Child] = []
     sink = make_sink(cfg.run.dir, cfg.run.max_steps, lambda: _states(current), verbose)
     try:

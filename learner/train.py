@@ -31,6 +31,7 @@ from learner.fsdp.lora import AdapterOff
 from learner.fsdp.model import init_distributed, load_policy, save_hf, trainable
 from learner.fsdp.ranks import RankChannel, parse_step, step_payload
 from learner.fsdp.stream_sync import follow_sync, sync_source
+from learner.mfu import StepFlops
 from learner.orchestrator.dispatcher import TokenizedPrompt
 from learner.orchestrator.orchestrator import Orchestrator
 from learner.orchestrator.record import StepTimes, truncate_metrics
@@ -173,6 +174,8 @@ class Learner(LearnerRank):
             truncate_metrics(cfg.run.dir / "metrics.jsonl", self.start_step)
         self.timeline = Timeline(cfg.run.dir, "learner")  # wait/train/sync/validate spans (asyncrl report)
         self.dumps = SampleDumps(cfg.run.dir, cfg.logging.samples_every, self.tokenizer)  # asyncrl samples
+        self.flops = StepFlops(cfg, self.trainer.device.type)  # MFU, pipeline efficiency
+        self.flops.peaks  # noqa: B018 (measured now, before training, when not cached: asyncrl/peak.py)
         self.metrics = MetricsLogger.from_config(cfg.logging, cfg.run.dir, cfg.run.max_steps, dump_config(cfg),
                                                  resume_step=None if self.resumed is None else self.start_step)
 
@@ -191,6 +194,7 @@ class Learner(LearnerRank):
         cfg, orch = self.cfg, self.orchestrator
         try:
             orch.connect()
+            self.metrics.log(self.flops.record())  # the peaks learner_mfu / pipeline_efficiency divide by
             start = last = time.perf_counter()
             if self.resumed is None:
                 self._log_validation()
@@ -229,6 +233,8 @@ class Learner(LearnerRank):
             self.ranks.send("step", step_payload(batches, version))
             stats = self.trainer.step(batches, version)
         stats["wait_s"], stats["train_s"] = t_train - t_wait, time.perf_counter() - t_train
+        stats.update(self.flops.step(groups, stats["train_s"]))
+        peak_s_per_sample = stats.pop("_peak_s_per_sample")
         if self.dumps.due(step):  # what the model wrote, with what the learner made of it
             self.dumps.train(step, groups, version, self.trainer.last_logprob_gap)
         orch.trained(groups)
@@ -239,7 +245,9 @@ class Learner(LearnerRank):
         stats["weight_sync_mb"] = orch.syncer.last_mb if sync_s else 0.0
         now = time.perf_counter()
         times = StepTimes(trained_at=version, sync_s=sync_s, step_s=now - last, time_s=now - start)
-        return orch.record(step, groups, stats, times), now
+        rec = orch.record(step, groups, stats, times)
+        rec["pipeline_efficiency"] = StepFlops.efficiency(rec, peak_s_per_sample)
+        return rec, now
 
     def _validate(self, step: int) -> dict[str, float]:
         """Every validation set's metrics; their samples go to the step's validation dump."""

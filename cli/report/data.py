@@ -30,6 +30,7 @@ class RunData:
     generators: dict[str, dict[str, Any]] = field(default_factory=dict)  # rollout-<i> -> last stats line
     supervisor: list[dict[str, Any]] = field(default_factory=list)
     resolved: dict[str, Any] = field(default_factory=dict)  # process name -> its resolved config
+    peaks: dict[str, Any] = field(default_factory=dict)  # the learner's "peaks" record (learner/mfu.py)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -87,16 +88,18 @@ def load_run(run_dir: Path) -> RunData:
         raise ReportError(f"{path} not found: is {run_dir} a run directory (asyncrl up --run-dir)?")
     records = read_jsonl(path)
     by_step: dict[int, dict[str, Any]] = {}
-    vals = []
+    vals, peaks = [], {}
     for r in records:
         if any(is_val_key(k) for k in r):
             vals.append(r)
+        if r.get("event") == "peaks":
+            peaks = r
         if "reward_mean" in r and isinstance(r.get("step"), int):
             by_step[r["step"]] = r  # a resumed run may repeat a step: the last record wins
     if not by_step and not vals:
         raise ReportError(f"{path} has no RL step records (reward_mean) or validation records (val_*): empty, the "
                           f"run died before its first step, or it is not an `asyncrl up` run (SFT, reward model)")
-    run = RunData(run_dir, [by_step[s] for s in sorted(by_step)], vals)
+    run = RunData(run_dir, [by_step[s] for s in sorted(by_step)], vals, peaks=peaks)
     run.spans = _spans(run_dir / TIMELINE_FOLDER)
     for p in sorted(run_dir.glob("rollout-*.jsonl")):
         lines = read_jsonl(p)

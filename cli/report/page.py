@@ -62,6 +62,7 @@ def summary(run: RunData) -> list[tuple[str, str]]:
     for key, unit in (("samples", "samples/s"), ("tokens", "tokens/s")):
         n = sum(number(r.get(key)) or 0.0 for r in run.steps)
         rows.append((unit + " (whole run)", f"{n / t:.3g}" if t and n else None))
+    rows += efficiency_rows(run)
     syncs = [v for r in run.steps if (v := number(r.get("weight_sync_s")))]
     rows.append(("weight syncs: median learner time", f"{median(syncs):.3f} s over {len(syncs)} syncs" if syncs
                  else None))
@@ -85,6 +86,28 @@ def summary(run: RunData) -> list[tuple[str, str]]:
             rows.append((f"{g} busy (since its start, engine start-up included)",
                          f"{busy / total:.0%} of {total:.0f} s; {s.get('syncs', 0)} syncs paused it {paused:.1f} s"))
     return [(k, v) for k, v in rows if v is not None]
+
+
+def efficiency_rows(run: RunData) -> list[tuple[str, str | None]]:
+    """Learner MFU, generator FLOP/s and pipeline efficiency against the run's measured peaks
+    (learner/mfu.py; the FLOP convention is asyncrl/flops.py's)."""
+    pk = run.peaks
+    mfu = [v for r in run.steps if (v := number(r.get("learner_mfu"))) is not None]
+    eff = [v for r in run.steps if (v := number(r.get("pipeline_efficiency"))) is not None]
+    rows: list[tuple[str, str | None]] = [
+        ("learner MFU (median step)", f"{median(mfu):.1%} of the measured {pk.get('learner_dtype', '?')} peak "
+         f"({pk.get('peak_learner_gflops', 0):.0f} GFLOP/s on {pk.get('learner_threads', '?')} thread(s))"
+         if mfu else None),
+        ("pipeline efficiency (median step)", f"{median(eff):.1%} of the samples/s the FLOP limit of "
+         f"{pk.get('cores', '?')} cores allows" if eff else None)]
+    ov = overlap(run.spans)
+    gen = sum(number(r.get("gen_tflop")) or 0.0 for r in run.steps)
+    if ov is not None and gen and ov.busy_s and pk.get("peak_gen_all_gflops"):
+        rate = gen * 1e3 / ov.busy_s  # GFLOP/s while some generator was busy
+        share = rate / pk["peak_gen_all_gflops"]
+        rows.append(("generation FLOP rate (while busy)", f"{rate:.1f} GFLOP/s = {share:.1%} of the "
+                     f"{pk.get('gen_dtype')} peak on all cores (decoding is memory-bound)"))
+    return rows
 
 
 def png_uri(png: bytes) -> str:

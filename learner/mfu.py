@@ -1,0 +1,67 @@
+"""Learner MFU and pipeline efficiency per step, by :mod:`asyncrl.flops`' convention over
+:mod:`asyncrl.peak`'s measured peaks.
+
+- ``learner_tflop``: the step's learner FLOPs (policy updates x ``ppo_epochs``, forward-only
+  passes for the reference / old log-probs / teacher / critic values, critic updates);
+- ``learner_mfu``: ``learner_tflop`` / ``train_s`` / the peak of the learner's dtype on its threads;
+- ``gen_tflop``: the generation FLOPs of the step's trained samples (prompt prefilled once per group);
+- ``pipeline_efficiency``: achieved ``samples_per_s`` / the samples/s the FLOP limit allows for the
+  same samples, i.e. ``samples_per_s`` x (learner FLOPs per sample / learner-dtype peak + generation
+  FLOPs per sample / generator-dtype peak), both peaks over every core the machine has (or the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Any
+
+from asyncrl.config import RunConfig
+from asyncrl.flops import ModelFlops, learner_step_flops
+from asyncrl.peak import run_dtypes, run_peaks
+from asyncrl.transport.items import ScoredGroup
+from learner.algo.advantages import needs_values
+from learner.algo.ppo import old_source
+
+
+class StepFlops:
+    def __init__(self, cfg: RunConfig, device: str) -> None:
+        import torch
+
+        self.cfg, self.device = cfg, device
+        self.model = ModelFlops.from_dir(cfg.model.path)
+        lr, a = cfg.learner, cfg.algorithm
+        self.learner_dtype, self.gen_dtype = run_dtypes(cfg, device)
+        self.threads = torch.get_num_threads()
+        self.cores = os.cpu_count() or 1
+        self.critic = needs_values(a.advantage)
+        self.forward_passes = (int(a.uses_reference) + int(old_source(lr, a) == "pass")
+                               + int(a.distill_teacher is not None) + int(self.critic))
+
+    @cached_property
+    def peaks(self) -> dict[str, float]:
+        """FLOP/s: the learner's dtype on its threads, and both dtypes on every core."""
+        return run_peaks(self.cfg, self.threads, self.device)
+
+    def record(self) -> dict[str, Any]:
+        """A one-off ``metrics.jsonl`` record of the peaks every MFU here divides by."""
+        return {"event": "peaks", "learner_dtype": self.learner_dtype, "gen_dtype": self.gen_dtype,
+                "learner_threads": self.threads, "cores": self.cores,
+                **{f"peak_{k}_gflops": v / 1e9 for k, v in self.peaks.items()}}
+
+    def step(self, groups: list[ScoredGroup], train_s: float) -> dict[str, float]:
+        lengths = [(len(g.batch.column("prompt_token_ids")[0].as_py()), int(r))
+                   for g in groups for r in g.response_lengths]
+        learner = learner_step_flops(self.model, lengths, epochs=self.cfg.learner.ppo_epochs,
+                                     forward_passes=self.forward_passes, critic=self.critic)
+        gen = sum(self.model.generate_group(len(g.batch.column("prompt_token_ids")[0].as_py()),
+                                            [int(r) for r in g.response_lengths]) for g in groups)
+        p = self.peaks
+        return {"learner_tflop": learner / 1e12, "gen_tflop": gen / 1e12,
+                "learner_mfu": learner / max(train_s, 1e-9) / p["learner"],
+                # seconds one sample costs at the FLOP limit of the whole machine
+                "_peak_s_per_sample": (learner / p["learner_all"] + gen / p["gen_all"]) / max(len(lengths), 1)}
+
+    @staticmethod
+    def efficiency(record: dict[str, Any], peak_s_per_sample: float) -> float:
+        return float(record["samples_per_s"]) * peak_s_per_sample
