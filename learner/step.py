@@ -20,6 +20,7 @@ behaviour log-probs, the policy that actually produced the tokens.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.last_logprob_gap = torch.zeros(0)  # [N] of the last step (learner.samples dumps it)
+        self.times: dict[str, float] = {}  # seconds of the last step by phase (stats time_*_s)
 
     def _chunks(self, ro: Rollouts, members: list[int]) -> list[list[int]]:
         """This rank's micro-batches of the samples ``members``; ``[]`` is a zero-weight padding
@@ -175,7 +177,10 @@ class Trainer:
         a, lr = self.algo, self.learner
         ro = Rollouts.from_groups(groups, learner_version)
         stats: dict[str, Any] = {}
+        self.times = dict.fromkeys(("phase_a", "forward", "backward", "optimizer"), 0.0)
+        t0 = time.perf_counter()
         pre = self._phase_a(ro, old=old_source(lr, a) == "pass")
+        self.times["phase_a"] = time.perf_counter() - t0
         ref, values, old = pre.get("ref"), pre.get("values"), pre.get("old")
         rewards = self._token_rewards(ro, ref, pre.get("teacher"), stats)
         adv, returns = get_estimator(a.advantage)(
@@ -196,6 +201,8 @@ class Trainer:
         stats["response_len_mean"] = float(ro.lengths.mean())
         stats["staleness_hist"] = dict(Counter(int(s) for s in ro.staleness.tolist()))
         stats.update(self._memory())
+        # where this rank's step time went (the rest: batching, advantages, rank exchanges)
+        stats.update({f"time_{k}_s": v for k, v in self.times.items()})
         return stats
 
     def _memory(self) -> dict[str, float]:
@@ -261,6 +268,7 @@ class Trainer:
         T = ro.mask.shape[1]
         tb = self._batch(ro, idx)
         mask, beh = ro.mask[idx].to(dev), ro.behaviour[idx].to(dev)
+        t0 = time.perf_counter()
         with self._autocast():
             lp_grid, ent_grid = policy_forward(self.policy, tb, self.temperature, entropy=True)
         assert ent_grid is not None  # asked for
@@ -291,7 +299,10 @@ class Trainer:
         # it is a sum, divided by the count over all micro-batches and ranks in _update
         kept = float(keep.sum()) if live else 0.0
         count = (kept if a.loss_agg_mode == "token-mean" else float(len(idx))) if live else 0.0
+        t1 = time.perf_counter()
+        self.times["forward"] += t1 - t0  # policy forward and the losses
         (loss * (count * self.world)).backward()  # x world: FSDP2 averages gradients over ranks
+        self.times["backward"] += time.perf_counter() - t1
         if self.critic is not None:
             assert pb.values is not None
             with self._autocast():
@@ -312,9 +323,11 @@ class Trainer:
         self.kl_ctrl.value = float(state["kl_coef"])
 
     def _optimizer_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
         out = {"grad_norm": _clip_and_step(self.policy, self.optimizer, self.learner.max_grad_norm)}
         if self.critic is not None and self.critic_optimizer is not None:
             out["critic_grad_norm"] = _clip_and_step(self.critic, self.critic_optimizer, self.learner.max_grad_norm)
+        self.times["optimizer"] += time.perf_counter() - t0
         return out
 
 
