@@ -148,7 +148,7 @@ def model_bytes(model: Path, dtype_bytes: int) -> int:
 
 
 _APPLIED = re.compile(r"weights applied \((?P<path>[^)]+)\): (?P<total>[0-9.]+)s, "
-                      r"of which receiving (?P<recv>[0-9.]+)s")
+                      r"of which receiving (?P<recv>[0-9.]+)s(?:, re-packing (?P<repack>[0-9.]+)s)?")
 
 
 def generator_breakdown(log: Path) -> dict[str, object]:
@@ -163,7 +163,8 @@ def generator_breakdown(log: Path) -> dict[str, object]:
     total = statistics.median(float(m["total"]) for m in steady)
     return {"apply_path": ",".join(sorted({m["path"] for m in found})), "worker_receive_s": recv,
             "worker_apply_s": statistics.median(float(m["total"]) - float(m["recv"]) for m in steady),
-            "worker_total_s": total, "first_sync_worker_s": float(found[0]["total"])}
+            "worker_total_s": total, "first_sync_worker_s": float(found[0]["total"]),
+            "worker_repack_s": statistics.median(float(m["repack"] or 0) for m in steady)}
 
 
 def _apply_ab_child(model: str, dtype: str, rounds: int, out: mp.Queue[dict]) -> None:
@@ -257,6 +258,9 @@ def main() -> None:
                     help="only time the pieces side by side: generator apply paths, learner packing")
     ap.add_argument("--ranks", action="store_true",
                     help="only the learner side, for 1 and 2 learner ranks (sync_ranks.py), vs a raw broadcast")
+    ap.add_argument("--apply", default="auto",
+                    help="rollout.weight_apply modes to run one after the other, comma-separated "
+                         "(e.g. reload,auto: vLLM's reload vs the in-place path, side by side)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
     if args.ranks:
@@ -295,32 +299,48 @@ def main() -> None:
                 "sampling.max_new_tokens=16", "learner.prompts_per_step=2", "sampling.n=4",
                 "learner.max_staleness=1"]
         load_before = os.getloadavg()[0]  # 2 cores: anything else running skews every figure
-        print(f"asyncrl up: {args.syncs} steps, one sync each, {args.generators} generator(s)", flush=True)
-        run = run_up(REPO / "configs" / config, tmp_path / "run", sets + port_sets(), max_steps=args.syncs,
-                     label="sync")
-        split = generator_breakdown(tmp_path / "run.log")
+        modes = [m.strip() for m in args.apply.split(",") if m.strip()]
+        runs = {m: full_sync_run(REPO / "configs" / config, tmp_path / f"run-{m}", sets, m, args) for m in modes}
         nbytes = model_bytes(model, dtype_bytes)
         print(f"raw gloo broadcast of {nbytes / 2**20:.1f} MiB", flush=True)
         raw = raw_broadcast_s(nbytes, args.bucket_mb << 20, repeats=args.syncs)
+    rows = [{"path": "raw gloo broadcast (2 processes)", "seconds": raw, "GB_per_s": nbytes / raw / 1e9}]
+    for mode, r in runs.items():
+        split = r["split"]
+        rows.append({"path": f"full sync into {args.generators} running vLLM generator(s)",
+                     "weight_apply": mode, "apply_path": split.get("apply_path", "?"), "seconds": r["full_s"],
+                     "GB_per_s": nbytes / r["full_s"] / 1e9, "vs_raw": raw / r["full_s"],
+                     "pause_ms": r["pause_ms"], "worker_receive_s": split.get("worker_receive_s"),
+                     "worker_apply_s": split.get("worker_apply_s"), "worker_repack_s": split.get("worker_repack_s")})
+    last = rows[-1]
+    md = table(rows, ["path", "weight_apply", "apply_path", "seconds", "GB_per_s", "vs_raw", "pause_ms",
+                      "worker_receive_s", "worker_apply_s", "worker_repack_s"])
+    md += (f"\n\nCPU: {cpu_name()}; model {model.name}, {nbytes / 2**20:.1f} MiB per sync ({dtype}), bucket "
+           f"{args.bucket_mb} MiB, median of the syncs after the first ({args.syncs} steps per mode, one sync "
+           f"each); worker_* are the generator's own medians inside the vLLM worker (repack: re-packing kernel "
+           f"handles, part of applying)\n\n**full sync / raw broadcast effective GB/s = {last['vs_raw']:.2f} "
+           f"(goal >= 0.5, weight_apply = {last['weight_apply']}); generator pause per sync = "
+           f"{last['pause_ms']:.0f} ms**")
+    md += (f"\n\nmachine load (1-min load average, {os.cpu_count()} cores): {load_before:.2f} before the run, "
+           f"{os.getloadavg()[0]:.2f} after")
+    write_results(args.out, "weight_sync", {"rows": rows, "ratio": last["vs_raw"], "pause_ms": last["pause_ms"],
+                                            "bytes": nbytes, "cpu": cpu_name(),
+                                            "runs": {m: {**r["split"], "sync_s": r["sync_s"]}
+                                                     for m, r in runs.items()}}, md)
+
+
+def full_sync_run(config: Path, run_dir: Path, sets: list[str], mode: str, args: argparse.Namespace) -> dict:
+    """One ``asyncrl up`` with ``rollout.weight_apply = mode``: its median sync (after the first),
+    the generators' pause per sync, and their own split of each sync (:func:`generator_breakdown`)."""
+    print(f"asyncrl up (weight_apply={mode}): {args.syncs} steps, one sync each, {args.generators} generator(s)",
+          flush=True)
+    run = run_up(config, run_dir, sets + [f"rollout.weight_apply={mode}"] + port_sets(), max_steps=args.syncs,
+                 label=f"sync {mode}")
     full = statistics.median(r["weight_sync_s"] for r in run["steps"][1:] or run["steps"])
     gens = [g[-1] for g in run["generators"] if g]
     pause_ms = 1000 * sum(g["paused_s"] for g in gens) / max(1, sum(g["syncs"] for g in gens))
-    rows = [{"path": "raw gloo broadcast (2 processes)", "seconds": raw, "GB_per_s": nbytes / raw / 1e9},
-            {"path": f"full sync into {args.generators} running vLLM generator(s)", "seconds": full,
-             "GB_per_s": nbytes / full / 1e9}]
-    ratio = raw / full
-    md = table(rows, ["path", "seconds", "GB_per_s"])
-    md += (f"\n\nmodel {model.name}, {nbytes / 2**20:.1f} MiB per sync ({dtype}), bucket {args.bucket_mb} MiB, "
-           f"median of {len(run['steps'])} syncs\n\n**full sync / raw broadcast effective GB/s = {ratio:.2f} "
-           f"(goal >= 0.5); generator pause per sync = {pause_ms:.0f} ms**")
-    md += (f"\n\nmachine load (1-min load average, {os.cpu_count()} cores): {load_before:.2f} before the run, "
-           f"{os.getloadavg()[0]:.2f} after")
-    if split:
-        md += (f"\n\ninside the vLLM worker per sync (median after the first): apply path {split['apply_path']}, "
-               f"receiving {split['worker_receive_s']:.3f} s, applying {split['worker_apply_s']:.3f} s; "
-               f"first sync {split['first_sync_worker_s']:.3f} s")
-    write_results(args.out, "weight_sync", {"rows": rows, "ratio": ratio, "pause_ms": pause_ms, "bytes": nbytes,
-                                            **split, "sync_s": [r["weight_sync_s"] for r in run["steps"]]}, md)
+    return {"full_s": full, "pause_ms": pause_ms, "split": generator_breakdown(run_dir.parent / f"{run_dir.name}.log"),
+            "sync_s": [r["weight_sync_s"] for r in run["steps"]]}
 
 
 def main_ranks(args: argparse.Namespace) -> None:

@@ -74,6 +74,7 @@ class WeightSyncExtension:
         t0 = time.perf_counter()
         metas = [(str(n), str(d), [int(s) for s in shape]) for n, d, shape in metas]
         device = getattr(self.model_runner, "device", "cpu")
+        repack_s = 0.0  # in-place path: re-packing kernel handles (CPU), part of applying
         buffers = self.__dict__.setdefault("_asyncrl_buffers", [])
         digests: list[str] | None = [] if verify else None
         plan = self._asyncrl_plan(apply)
@@ -86,7 +87,8 @@ class WeightSyncExtension:
             if plan.reason is None:
                 from rollout.inplace import apply_inplace
 
-                apply_inplace(self.model_runner.get_model(), plan, timed)
+                repack_s = apply_inplace(self.model_runner.get_model(), plan, timed)
+                self._asyncrl_check_refresh(plan)
             else:
                 # the worker's method (not the model runner's): it enters vLLM's config context, which
                 # weight loaders may read (vllm/v1/worker/gpu_worker.py Worker.reload_weights, 0.32.0)
@@ -99,9 +101,11 @@ class WeightSyncExtension:
             raise
         total = time.perf_counter() - t0
         self._asyncrl_last = {"path": "in-place" if plan.reason is None else "reload_weights",
-                              "total_s": total, "receive_s": timed.seconds, "apply_s": total - timed.seconds}
-        log.info("weights applied (%s): %.3fs, of which receiving %.3fs", self._asyncrl_last["path"], total,
-                 timed.seconds)
+                              "total_s": total, "receive_s": timed.seconds, "apply_s": total - timed.seconds,
+                              "repack_s": repack_s, "repacked_linear": len(plan.staged),
+                              "repacked_embedding": len(plan.repack)}
+        log.info("weights applied (%s): %.3fs, of which receiving %.3fs, re-packing %.3fs",
+                 self._asyncrl_last["path"], total, timed.seconds, repack_s)
         return {"seconds": total, "digests": digests}
 
     def asyncrl_receive_lora(self, metas: list[Any], bucket_bytes: int, config: dict[str, Any], lora_id: int,
@@ -228,11 +232,27 @@ class WeightSyncExtension:
                                    f"this model here: {plan.reason} (use 'auto' or 'reload')")
             self._asyncrl_plan_cached = plan
             if plan.reason is None:
-                log.info("weight sync: in-place copy into live parameters (%d layer(s) re-packed after it)",
-                         len(plan.repack))
+                log.info("weight sync: in-place copy into live parameters (%d packed linear layer(s) "
+                         "re-dispatched and %d layer(s) re-packed after it)", len(plan.staged), len(plan.repack))
             else:
                 log.warning("weight sync: falling back to vLLM reload_weights: %s", plan.reason)
         return plan
+
+    def _asyncrl_check_refresh(self, plan: Any) -> None:
+        """After the first in-place sync: every re-packed layer must compute with the weights just
+        copied in. If not, this sync fails (the engine stays paused, the learner re-sends at once)
+        and every later sync takes vLLM's reload_weights."""
+        if plan.verified:
+            return
+        from rollout.inplace import InplacePlan, verify_refresh
+
+        why = verify_refresh(plan)
+        if why is None:
+            plan.verified = True
+            return
+        self._asyncrl_plan_cached = InplacePlan(f"in-place check after the first sync failed: {why}")
+        log.warning("weight sync: %s; falling back to vLLM reload_weights from the next sync", why)
+        raise RuntimeError(f"in-place weight sync did not take effect: {why}")
 
     def _asyncrl_repack_tied_head(self) -> None:
         # On the CPU backend lm_head keeps its own prepacked copy of the tied embedding;
