@@ -44,6 +44,7 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None  # monotonic time of a scheduled restart
     env: dict[str, str] | None = None  # its placement (asyncrl.placement), None: none applied
+    reader: threading.Thread | None = None  # forwards its output (see _forward)
 
 
 def plan_children(cfg: RunConfig, config_path: Path, overrides: list[str]) -> list[Child]:
@@ -201,7 +202,8 @@ def _spawn(c: Child, log_dir: Path, sink: Sink) -> None:
         env = child_env(c.env, env)
     c.proc = subprocess.Popen(c.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True, cwd=os.getcwd())
-    threading.Thread(target=_forward, args=(c, log_dir, sink), daemon=True).start()
+    c.reader = threading.Thread(target=_forward, args=(c, log_dir, sink), daemon=True)
+    c.reader.start()
     log.info("started %s (pid %d)", c.name, c.proc.pid)
 
 
@@ -237,6 +239,8 @@ def _supervise(children: list[Child], interrupted: threading.Event, cfg: RunConf
                 log.info("learner finished: stopping the other processes")
                 return 0
             why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+            if c.reader is not None:  # its last lines may still be in the pipe (a loaded machine)
+                c.reader.join(timeout=2.0)
             last = "\n    ".join(c.tail[-8:])
             _reap_group(c)  # e.g. a killed generator's vLLM engine process, still holding its sockets
             if c.name.startswith(("reward-", "rollout-")) and c.restarts < cfg.run.max_restarts:
