@@ -3,7 +3,8 @@
 
 - ``learner_tflop``: the step's learner FLOPs (policy updates x ``ppo_epochs``, forward-only
   passes for the reference / old log-probs / teacher / critic values, critic updates);
-- ``learner_mfu``: ``learner_tflop`` / ``train_s`` / the peak of the learner's dtype on its threads;
+- ``learner_mfu``: ``learner_tflop`` / ``train_s`` / (the peak of the learner's dtype on one rank's
+  threads x ``learner.world_size``);
 - ``gen_tflop``: the generation FLOPs of the step's trained samples (prompt prefilled once per group);
 - ``pipeline_efficiency``: achieved ``samples_per_s`` / the samples/s the FLOP limit allows for the
   same samples, i.e. ``samples_per_s`` x (learner FLOPs per sample / learner-dtype peak + generation
@@ -58,7 +59,8 @@ class StepFlops:
                                             [int(r) for r in g.response_lengths]) for g in groups)
         p = self.peaks
         return {"learner_tflop": learner / 1e12, "gen_tflop": gen / 1e12,
-                "learner_mfu": learner / max(train_s, 1e-9) / p["learner"],
+                # every rank computes its share on its own threads (or GPU): the peak is world_size x one rank's
+                "learner_mfu": learner / max(train_s, 1e-9) / (p["learner"] * self.cfg.learner.world_size),
                 # seconds one sample costs at the FLOP limit of the whole machine
                 "_peak_s_per_sample": (learner / p["learner_all"] + gen / p["gen_all"]) / max(len(lengths), 1)}
 
