@@ -26,24 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, SMOLLM2, run_worker, table, write_results  # noqa: E402
 from benchmarks.run_control import port_sets, run_up  # noqa: E402
+from benchmarks.trl_arith import (  # noqa: E402
+    add_task_args,
+    arith_dataset,
+    arith_reward,
+    check_batches,
+    grpo_config,
+    load_policy,
+    quickstart_sets,
+    require_trl,
+    task_argv,
+)
 
 
 def trl_worker(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from reward.functions import get_reward_fn
-
-    score = get_reward_fn("arith")
-    rows = pq.read_table(args.data).to_pylist()
-    ds = Dataset.from_list([{"prompt": r["prompt"], "ground_truth": r["reward_model"]["ground_truth"]}
-                            for r in rows])
-
-    def arith_reward(completions: list, ground_truth: list, **_: object) -> list[float]:
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(score("arith", t, g, {})) for t, g in zip(texts, ground_truth)]
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
 
     stamps: list[float] = []
 
@@ -51,15 +49,12 @@ def trl_worker(args: argparse.Namespace) -> None:
         def on_step_end(self, *a: object, **k: object) -> None:
             stamps.append(time.perf_counter())
 
-    tok = AutoTokenizer.from_pretrained(args.model)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    cfg = GRPOConfig(output_dir=args.tmp, per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
-                     max_completion_length=args.max_new_tokens, temperature=0.7, learning_rate=1e-5, beta=0.0,
-                     max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                     bf16=args.trl_bf16, gradient_accumulation_steps=1, seed=0, disable_dropout=True)
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=arith_reward, args=cfg, train_dataset=ds,
-                          callbacks=[Clock()])
+    tok, model = load_policy(args.model)
+    cfg = grpo_config(args.tmp, prompts=args.prompts, n=args.n, max_new_tokens=args.max_new_tokens,
+                      max_steps=args.steps, bf16=args.trl_bf16)
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=arith_reward(), args=cfg,
+                          train_dataset=arith_dataset(args.data), callbacks=[Clock()])
+    check_batches(trainer, args.prompts, args.n)
     t0 = time.perf_counter()
     trainer.train()
     steps = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
@@ -69,23 +64,14 @@ def trl_worker(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--trl-bf16", action="store_true", help="TRL with bf16 (default fp32, TRL's CPU default)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--model", type=Path)
-    ap.add_argument("--data", type=Path)
-    ap.add_argument("--tmp", type=Path)
+    add_task_args(ap)
     args = ap.parse_args()
     if args.worker:
         return trl_worker(args)
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        sys.exit("bench_trl: the `trl` package is not installed; pip install -e '.[bench]'")
+    require_trl("bench_trl")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         from cli.data.arith import write_arith
@@ -97,21 +83,17 @@ def main() -> None:
             model = write_tiny_model(tmp_path / "tiny")
             args.steps, args.n, args.prompts, args.max_new_tokens = 2, 4, 2, 16
         else:
-            model = SMOLLM2
+            model = args.model or SMOLLM2
             if not (model / "config.json").is_file():
                 sys.exit("bench_trl: import the model first: asyncrl model import-gguf --out models/smollm2-135m")
         print(f"TRL GRPOTrainer: {args.steps} steps", flush=True)
         t0 = time.perf_counter()
         trl_res = run_worker([__file__, "--worker", "--model", str(model), "--data", str(train), "--tmp",
-                              str(tmp_path / "trl"), "--steps", str(args.steps), "--prompts", str(args.prompts),
-                              "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens)]
+                              str(tmp_path / "trl"), "--steps", str(args.steps), *task_argv(args)]
                              + (["--trl-bf16"] if args.trl_bf16 else []))
         trl_wall = time.perf_counter() - t0
         print(f"asyncrl quickstart config: {args.steps} steps", flush=True)
-        sets = [f"model.path={model}", f"data.train={train}", f"data.test={test}", "learner.val_every=0",
-                "learner.val_prompts=1", "learner.save_final=false", f"sampling.n={args.n}",
-                f"learner.prompts_per_step={args.prompts}", f"sampling.max_new_tokens={args.max_new_tokens}",
-                f"learner.micro_batch_size={args.prompts * args.n}"]
+        sets = quickstart_sets(model, train, test, args) + ["learner.val_every=0", "learner.val_prompts=1"]
         t0 = time.perf_counter()
         ours = run_up(REPO / "configs" / "quickstart.toml", tmp_path / "asyncrl", sets + port_sets(),
                       max_steps=args.steps, label="asyncrl")

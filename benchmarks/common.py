@@ -40,11 +40,13 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
-def run_worker(argv: list[str], timeout: float = 1800) -> dict[str, Any]:
-    """Run ``python argv...`` (a benchmark's worker mode) and parse the JSON on its last stdout line."""
-    res = subprocess.run([sys.executable] + argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_worker(argv: list[str], timeout: float = 1800, echo: bool = False) -> dict[str, Any]:
+    """Run ``python argv...`` (a benchmark's worker mode) and parse the JSON on its last stdout line.
+    ``echo``: the worker's stderr goes straight to ours (its progress, live) instead of being captured."""
+    res = subprocess.run([sys.executable] + argv, cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=None if echo else subprocess.PIPE, text=True, timeout=timeout)
     if res.returncode != 0:
-        raise RuntimeError(f"worker {argv} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"worker {argv} failed:\n{res.stdout[-3000:]}\n{(res.stderr or '')[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -4,6 +4,7 @@ reading what the run wrote (learner metrics, generator stats)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +14,29 @@ __all__ = ["port_sets", "read_jsonl", "read_run", "run_up", "summarise"]
 
 
 def run_up(config: Path, run_dir: Path, sets: list[str], *, max_steps: int = 100000,
-           seconds: float | None = None, label: str = "") -> dict[str, Any]:
-    """Run ``asyncrl up`` until ``max_steps`` or until the learner has trained for ``seconds``
-    (then Ctrl-C, as a user would); return its metrics and generator stats. Its output goes to
-    ``<run_dir>.log`` next to the run dir."""
+           seconds: float | None = None, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+           label: str = "") -> dict[str, Any]:
+    """Run ``asyncrl up`` until ``max_steps``, until the learner has trained for ``seconds``, or
+    until ``until(records)`` (called about once a second with every ``metrics.jsonl`` record so
+    far) returns True; the last two stop it with Ctrl-C, as a user would. Returns its metrics and
+    generator stats. Its output goes to ``<run_dir>.log`` next to the run dir."""
     log = run_dir.parent / f"{run_dir.name}.log"
     metrics = run_dir / "metrics.jsonl"
+    stopped, shown = False, None
     with Up(config, run_dir, sets, max_steps, log=log) as up:
         while up.proc.poll() is None:
-            time.sleep(2)
-            recs = [r for r in read_jsonl(metrics) if "reward_mean" in r]
-            if recs:
-                print(f"  [{label}] step {recs[-1]['step']} t={recs[-1]['time_s']:.0f}s "
+            time.sleep(1)
+            records = read_jsonl(metrics)
+            recs = [r for r in records if "reward_mean" in r]
+            if recs and recs[-1]["step"] != shown:
+                shown = recs[-1]["step"]
+                print(f"  [{label}] step {shown} t={recs[-1]['time_s']:.0f}s "
                       f"reward={recs[-1]['reward_mean']:.3f}", flush=True)
-            if seconds is not None and recs and recs[-1]["time_s"] >= seconds:
+            if (seconds is not None and recs and recs[-1]["time_s"] >= seconds) or (until and until(records)):
                 up.interrupt()
+                stopped = True
                 break
-        code = up.wait(timeout_s=120 if seconds is not None else 24 * 3600)
+        code = up.wait(timeout_s=120 if stopped else 24 * 3600)
     if code not in (0, 130):
         raise RuntimeError(f"asyncrl up failed ({code}):\n{up.output[-4000:]}")
     return read_run(run_dir)

@@ -3,6 +3,7 @@ the figures themselves are not asserted against goals here (benchmarks are not t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -75,6 +76,31 @@ def test_async_smoke(tmp_path: Path) -> None:
     assert [row["mode"] for row in r["rows"]] == ["sync", "async"]
     assert all(row["samples_per_s"] > 0 and 0 < row["generator_busy"] <= 1.0 for row in r["rows"])
     assert (tmp_path / "async_vs_sync.png").is_file()
+
+
+def test_time_to_accuracy_compares_at_the_best_accuracy_both_reach() -> None:
+    """The target when both reach it, else the lower of the two best accuracies; validations past
+    the cap do not count; the ratio is TRL's minutes over asyncrl's."""
+    from benchmarks.bench_time_to_accuracy import compare
+
+    a = [{"minutes": 1.0, "accuracy": 0.0}, {"minutes": 3.0, "accuracy": 0.72}, {"minutes": 5.0, "accuracy": 0.8}]
+    t = [{"minutes": 2.0, "accuracy": 0.1}, {"minutes": 9.0, "accuracy": 0.5}, {"minutes": 70.0, "accuracy": 0.9}]
+    r = compare({"asyncrl": a, "trl": t}, target=0.7, cap_minutes=60)
+    assert r["threshold"] == 0.5 and not r["target_reached_by_both"]
+    assert r["minutes_to_threshold"] == {"asyncrl": 3.0, "trl": 9.0} and r["ratio_trl_over_asyncrl"] == 3.0
+    r = compare({"asyncrl": a, "trl": t}, target=0.7, cap_minutes=80)
+    assert r["threshold"] == 0.7 and r["target_reached_by_both"] and r["minutes_to_threshold"]["trl"] == 70.0
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # two trainers end to end (~2-3 min); needs the `bench` extra (trl)
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="pip install -e '.[bench]' (trl)")
+def test_time_to_accuracy_smoke(tmp_path: Path) -> None:
+    r = bench("time-to-accuracy", tmp_path, timeout=900)
+    assert {row["trainer"].split()[0] for row in r["rows"]} == {"TRL", "asyncrl"}
+    assert all(len(r["curves"][k]) == 4 and r["curves"][k][0]["step"] == 0 for k in ("trl", "asyncrl"))
+    assert r["ratio_trl_over_asyncrl"] > 0 and r["trl_batches"]["steps_per_generation"] == 1
+    assert (tmp_path / "time_to_accuracy.png").is_file()
 
 
 def test_unknown_suite_exits_2(tmp_path: Path) -> None:
