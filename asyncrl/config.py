@@ -231,7 +231,12 @@ class ShardingFields(_Section):
 
     mixed_precision: bool = Field(False, description="FSDP2 mixed precision: bf16 parameters and compute, "
                                   "fp32 gradient reduction and fp32 master weights (load with "
-                                  "model.learner_dtype = float32).")
+                                  "model.learner_dtype = float32); ignored, with a warning, on CPUs "
+                                  "without native bf16.")
+    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"] | None = \
+        Field(None, description="The learner's attention kernel (transformers' attn_implementation). None: "
+              "transformers' default (sdpa). On CPU with short rows (a few hundred tokens) eager measured faster "
+              "than sdpa's flash kernel (benchmarks/bench_learner.py); flash_attention_2 needs flash-attn (GPU).")
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
     cpu_offload: bool = Field(False, description="Keep parameters, gradients and optimizer state in CPU "
                               "memory between uses (GPU only; FSDP2 CPUOffloadPolicy).")

@@ -34,15 +34,26 @@ def resolve_dtype(name: str) -> str:
 
 
 @functools.cache
-def autocast_bf16_ok(requested: bool, device_type: str) -> bool:
-    """Whether to run bf16 autocast: only when asked for and fast here (warned once otherwise)."""
+def bf16_compute_ok(requested: bool, device_type: str, key: str) -> bool:
+    """Whether to compute in bf16 as the option ``key`` asks: only when asked for and fast here
+    (warned once per option otherwise)."""
     if not requested:
         return False
     if device_type == "cuda" or fast_bf16():
         return True
-    log.warning("autocast_bf16 is on but this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 matmuls would "
-                "be ~10x slower than fp32 here, so the learner computes in fp32")
+    log.warning("%s is on but this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 matmuls would be ~10x "
+                "slower than fp32 here, so the learner computes in fp32", key)
     return False
+
+
+def autocast_bf16_ok(requested: bool, device_type: str) -> bool:
+    """Whether to run bf16 autocast (``autocast_bf16``)."""
+    return bf16_compute_ok(requested, device_type, "autocast_bf16")
+
+
+def mixed_precision_ok(requested: bool, device_type: str) -> bool:
+    """Whether to run FSDP2 bf16 mixed precision (``mixed_precision``)."""
+    return bf16_compute_ok(requested, device_type, "mixed_precision")
 
 
 def cpu_name() -> str:

@@ -106,10 +106,11 @@ def peak(dtype: str, threads: int, device: str = "cpu") -> float:
 def run_dtypes(cfg: Any, device: str) -> tuple[str, str]:
     """The dtypes a run computes in: the learner's (bf16 with mixed precision, a bf16 model or a
     usable bf16 autocast, else fp32) and the generators' (``rollout.dtype`` resolved)."""
-    from asyncrl.hardware import autocast_bf16_ok, resolve_dtype
+    from asyncrl.hardware import autocast_bf16_ok, mixed_precision_ok, resolve_dtype
 
     lr = cfg.learner
-    bf16 = lr.mixed_precision or cfg.model.learner_dtype == "bfloat16" or autocast_bf16_ok(lr.autocast_bf16, device)
+    bf16 = (mixed_precision_ok(lr.mixed_precision, device) or cfg.model.learner_dtype == "bfloat16"
+            or autocast_bf16_ok(lr.autocast_bf16, device))
     return ("bfloat16" if bf16 else "float32"), resolve_dtype(cfg.rollout.dtype)
 
 

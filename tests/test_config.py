@@ -107,12 +107,30 @@ def test_help_for_every_command() -> None:
 
 
 def test_auto_dtype_is_bf16_only_where_bf16_is_fast() -> None:
-    from asyncrl.hardware import autocast_bf16_ok, fast_bf16, resolve_dtype
+    from asyncrl.hardware import autocast_bf16_ok, fast_bf16, mixed_precision_ok, resolve_dtype
 
     assert resolve_dtype("float16") == "float16" and resolve_dtype("float32") == "float32"
     assert resolve_dtype("auto") == ("bfloat16" if fast_bf16() else "float32")
     assert autocast_bf16_ok(True, "cpu") == fast_bf16() and not autocast_bf16_ok(False, "cpu")
+    assert mixed_precision_ok(True, "cpu") == fast_bf16() and not mixed_precision_ok(False, "cpu")
     assert load_config(REPO / "configs" / "quickstart.toml").rollout.dtype == "auto"
+
+
+def test_bf16_options_fall_back_to_fp32_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """On a CPU without native bf16 both bf16 options compute in fp32 and say which key was ignored."""
+    from asyncrl import hardware
+
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: False)
+    hardware.bf16_compute_ok.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="asyncrl.hardware"):
+            assert not hardware.mixed_precision_ok(True, "cpu") and not hardware.autocast_bf16_ok(True, "cpu")
+            assert hardware.mixed_precision_ok(True, "cuda")
+        assert [m for m in caplog.messages if "mixed_precision is on" in m]
+        assert [m for m in caplog.messages if "autocast_bf16 is on" in m]
+    finally:
+        hardware.bf16_compute_ok.cache_clear()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)

@@ -42,7 +42,7 @@ def _trainer(model_dir, learner: dict | None = None, **algo) -> Trainer:
                            "algorithm": algo})
     from learner.train import Learner
     stub = Learner.__new__(Learner)  # build only the trainer, not sockets/data
-    stub.cfg, (stub.model, tok) = cfg, load_policy(cfg.model.path, "float32")
+    stub.cfg, (stub.model, tok) = cfg, load_policy(cfg.model.path, "float32", cfg.learner)
     stub.pad_id = tok.pad_token_id
     return stub._build_trainer()
 
@@ -111,3 +111,17 @@ def test_gradient_checkpointing_and_mixed_precision(tiny_model_dir) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert out["mp"][0]["loss"] == pytest.approx(base_stats["loss"], abs=5e-2)
     assert out["mp"][0]["entropy"] == pytest.approx(base_stats["entropy"], rel=2e-2)
+
+
+def test_attn_implementation_reaches_policy_and_critic(tiny_model_dir) -> None:
+    """``learner.attn_implementation`` picks the kernel of every model the learner loads; eager and the
+    default (sdpa) give the same step on packed rows (the block-diagonal mask holds for both)."""
+    out = {}
+    for attn in (None, "eager"):
+        torch.manual_seed(0)
+        trainer = _trainer(tiny_model_dir, learner={"attn_implementation": attn}, advantage="gae")
+        assert trainer.policy.config._attn_implementation == (attn or "sdpa")
+        assert trainer.critic is not None and trainer.critic.backbone.config._attn_implementation == (attn or "sdpa")
+        out[attn] = trainer.step(_groups(), learner_version=1)
+    assert out["eager"]["loss"] == pytest.approx(out[None]["loss"], abs=1e-5)
+    assert out["eager"]["grad_norm"] == pytest.approx(out[None]["grad_norm"], rel=1e-4)

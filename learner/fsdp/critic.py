@@ -10,15 +10,15 @@ from transformers import AutoModel
 
 from asyncrl.config import ShardingFields
 from learner.batch import TrainBatch
-from learner.fsdp.model import shard
+from learner.fsdp.model import attention_kwargs, shard
 
 
 class ValueModel(nn.Module):
     """``values[b, t]`` estimates the return from the state after token ``t`` (next-token grid)."""
 
-    def __init__(self, path: Path, dtype: torch.dtype) -> None:
+    def __init__(self, path: Path, dtype: torch.dtype, attn: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        self.backbone = AutoModel.from_pretrained(path, dtype=dtype, **(attn or {}))
         self.head = nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype)
         nn.init.zeros_(self.head.weight)  # start from V = 0: advantages = returns at step 1
         nn.init.zeros_(self.head.bias)
@@ -30,5 +30,5 @@ class ValueModel(nn.Module):
 
 
 def load_critic(path: Path, dtype: str, opts: ShardingFields | None = None) -> ValueModel:
-    model = ValueModel(path, getattr(torch, dtype))
+    model = ValueModel(path, getattr(torch, dtype), attention_kwargs(opts))
     return shard(model, model.backbone.layers, opts)

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 from asyncrl.config import LoraSection, ShardingFields
+from asyncrl.hardware import mixed_precision_ok
 from learner.fsdp import lora as lora_mod
 
 log = logging.getLogger("learner.model")
@@ -48,12 +49,17 @@ def load_policy(path: Path, dtype: str, opts: ShardingFields | None = None, lora
     in errors)."""
     init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **attention_kwargs(opts))
     hf.config.use_cache = False
     model: PreTrainedModel = hf
     if lora is not None and lora.enabled:  # a PeftModel, used like the HF model it wraps
         model = cast(PreTrainedModel, lora_mod.apply_lora(hf, lora, path, lora_key))
     return shard(model, decoder_layers(model, path), opts), tokenizer
+
+
+def attention_kwargs(opts: ShardingFields | None) -> dict[str, str]:
+    """``from_pretrained`` keyword arguments choosing the attention kernel (none: transformers' default)."""
+    return {"attn_implementation": opts.attn_implementation} if opts and opts.attn_implementation else {}
 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -87,7 +93,7 @@ def shard(root: ModuleT, layers: torch.nn.ModuleList, opts: ShardingFields | Non
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         root.train()  # HF checkpoints only in training mode (from_pretrained returns eval mode)
     kwargs: dict = {}
-    if opts.mixed_precision:
+    if mixed_precision_ok(opts.mixed_precision, "cuda" if cuda else "cpu"):
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if opts.cpu_offload and cuda:
         kwargs["offload_policy"] = CPUOffloadPolicy()

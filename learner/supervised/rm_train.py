@@ -25,7 +25,7 @@ from asyncrl.data.format import DataError
 from asyncrl.data.supervised import Preference, PreferenceSplits, check_preference_inputs
 from asyncrl.train_config import RMConfig
 from learner.batch import build_lm_batch
-from learner.fsdp.model import decoder_layers, init_distributed, save_hf, shard
+from learner.fsdp.model import attention_kwargs, decoder_layers, init_distributed, save_hf, shard
 from learner.supervised.common import SupervisedRun, SupervisedTrainer, all_sum, train_to_end
 
 log = logging.getLogger("learner.rm")
@@ -56,7 +56,8 @@ def load_reward_model(cfg: RMConfig) -> tuple[ScalarRM, Any]:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     hf = AutoModelForSequenceClassification.from_pretrained(cfg.model.path, num_labels=1,
-                                                            dtype=getattr(torch, cfg.model.learner_dtype))
+                                                            dtype=getattr(torch, cfg.model.learner_dtype),
+                                                            **attention_kwargs(cfg.train))
     hf.config.pad_token_id = tok.pad_token_id  # the reward worker finds each row's end through it
     hf.config.use_cache = False
     rm = ScalarRM(hf)
