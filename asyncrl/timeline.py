@@ -3,8 +3,9 @@
 One JSON object per line, ``{"kind": "train", "t0": 1764770000.12, "t1": 1764770001.5}``, in wall-clock
 seconds (``time.time()``) so the files of processes started separately line up. The learner writes
 ``wait`` / ``train`` / ``sync`` / ``validate`` spans, each generator ``generate`` (at least one request
-in flight) and ``sync`` (paused for a weight update). ``asyncrl report`` draws them as lanes and
-measures how much of the learner's training time some generator was busy (the overlap asynchrony buys).
+in flight) and ``sync`` (paused for a weight update), each reward worker ``score`` (one group scored).
+``asyncrl report`` draws them as lanes, measures how much of the learner's training time some generator
+was busy (the overlap asynchrony buys) and where a step's time went (cli/report/breakdown.py).
 
 Spans are buffered and appended every ``flush_s`` seconds (a killed process loses at most those);
 a folder that cannot be written is logged once and the run goes on without a timeline::

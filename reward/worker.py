@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from asyncrl import schema
 from asyncrl.config import RunConfig
+from asyncrl.timeline import Timeline
 from asyncrl.transport import DropCounter, Transport, make_transport
 from asyncrl.transport.items import ScoredGroup
 from reward.functions import default_reward_name, get_reward_fn
@@ -53,6 +54,7 @@ class RewardWorker:
         self.push = self.transport.push(cfg.transport.trajectories)
         self.scored = self.errors = 0
         self.running = True
+        self.timeline = Timeline(cfg.run.dir, f"reward-{index}")  # "score" spans (asyncrl report)
 
     def fn_name(self, data_source: str) -> str:
         return self.cfg.reward.function or default_reward_name(data_source)
@@ -112,7 +114,9 @@ class RewardWorker:
             except schema.SchemaError as e:
                 self.drops.drop("trajectory", str(e))
                 continue
+            t0 = time.time()
             rewards, errors = self.score(group.batch)
+            self.timeline.add("score", t0, time.time())
             self.push.send(group.with_rewards(rewards, errors).to_wire())
             self.scored += group.num_rows
             if time.monotonic() - last_log > 30:
@@ -121,6 +125,7 @@ class RewardWorker:
                 last_log = time.monotonic()
 
     def close(self) -> None:
+        self.timeline.close()
         if self.caller is not None:
             self.caller.close()
         self.transport.close(linger_s=2.0)

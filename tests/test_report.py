@@ -205,6 +205,41 @@ def test_overlap_fraction() -> None:
     assert overlap(_spans([("wait", 0, 1)], [("generate", 0, 1)])) is None
 
 
+def test_breakdown_adds_up_per_step() -> None:
+    """Learner rows from the step records (means after the warm-up steps), a generator's rows from its
+    spans over the same window, validations left out: they add up to the learner's step."""
+    from cli.report.breakdown import breakdown, markdown
+    from cli.report.data import RunData
+
+    # 4 steps of 10 s: wait [10k, 10k+2], train [10k+2, 10k+9], sync [10k+9, 10k+10]; a validation
+    # [40, 60] at the end. The generator generates [10k, 10k+4] (2 s of it while the learner trains),
+    # pauses for the sync and generates all through the validation.
+    learner, gen = [], []
+    for k in range(4):
+        learner += [("wait", 10 * k, 10 * k + 2), ("train", 10 * k + 2, 10 * k + 9), ("sync", 10 * k + 9, 10 * k + 10)]
+        gen += [("generate", 10 * k, 10 * k + 4), ("sync", 10 * k + 9, 10 * k + 10)]
+    learner.append(("validate", 40, 60))
+    gen.append(("generate", 40, 60))
+    spans = _spans(learner, gen)
+    spans["reward-0"] = [("score", 10 * k + 4.0, 10 * k + 4.5) for k in range(4)]
+    steps = [_step(k + 1, step_s=10.0, wait_s=2.0, train_s=7.0, weight_sync_s=1.0, time_phase_a_s=0.0,
+                   time_forward_s=2.0, time_backward_s=4.0, time_optimizer_s=0.5, transport_s_total=0.01 * (k + 1))
+             for k in range(4)]
+    rows = breakdown(RunData(Path("r"), steps, [], spans=spans), skip=2)
+    got = {(r.process, r.part.strip()): r.seconds for r in rows}
+    assert got["learner", "step (wall)"] == 10.0 and got["learner", "backward"] == 4.0
+    assert got["learner", "rest of train (batches, advantages, rank exchanges)"] == pytest.approx(0.5)
+    learner_parts = [r.seconds for r in rows if r.process == "learner" and r.share is not None][1:]
+    assert sum(learner_parts) == pytest.approx(10.0)
+    g = {part.strip(): v for (proc, part), v in got.items() if proc == "generator-0"}
+    assert g["generating (requests in flight)"] == pytest.approx(4.0)
+    assert g["of which while the learner trained"] == pytest.approx(2.0)
+    assert g["paused for a weight sync"] == pytest.approx(1.0) and g["idle"] == pytest.approx(5.0)
+    assert got["reward-0", "scoring"] == pytest.approx(0.5)
+    assert "| generator-0 | idle | 5 |" in markdown(rows)
+    assert breakdown(RunData(Path("r"), steps[:2], [], spans=spans), skip=2) == []
+
+
 def test_report_on_a_real_run_shows_generation_overlapping_training(tiny_run: SharedRun) -> None:
     """The asynchrony claim on a real 20-step `asyncrl up`: some generator was busy during a good part of
     the learner's training time (a synchronous loop measures 0)."""
@@ -219,6 +254,8 @@ def test_report_on_a_real_run_shows_generation_overlapping_training(tiny_run: Sh
     assert {"learner", "generator-0"} <= set(run.spans)
     kinds = {name: {k for k, _, _ in spans} for name, spans in run.spans.items()}
     assert {"train", "sync", "wait"} <= kinds["learner"] and {"generate", "sync"} <= kinds["generator-0"]
+    assert kinds["reward-0"] == {"score"}
+    assert "Where a step's time goes" in " ".join(parsed.text)
     trains = [s for s in run.spans["learner"] if s[0] == "train"]
     assert len(trains) == 20  # one per step
     busy = merge([iv for ivs in generator_busy(run.spans).values() for iv in ivs])

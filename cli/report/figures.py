@@ -21,7 +21,7 @@ from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.overlap import Overlap, lanes, of_kind, overlap
 
 COLORS = {"generate": "#59a14f", "train": "#4e79a7", "wait": "#d9d9d9", "sync": "#e15759",
-          "validate": "#b07aa1"}
+          "validate": "#b07aa1", "score": "#f28e2b"}
 OTHER_COLOR = "#9c755f"
 DRAW_ORDER = ("wait", "generate", "validate", "train", "sync")  # later kinds on top
 

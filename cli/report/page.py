@@ -14,6 +14,7 @@ from html import escape
 
 from matplotlib.figure import Figure
 
+from cli.report.breakdown import breakdown
 from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.figures import Chart, rolling
 from cli.report.overlap import of_kind, overlap
@@ -110,6 +111,22 @@ def efficiency_rows(run: RunData) -> list[tuple[str, str | None]]:
     return rows
 
 
+def breakdown_html(run: RunData) -> list[str]:
+    """The "where a step's time goes" table (cli/report/breakdown.py), or a note why it is missing."""
+    out = ['<h2 id="breakdown">Where a step\'s time goes</h2>']
+    rows = breakdown(run)
+    if not rows:
+        return out + ['<p class="missing">Not shown: the run has no steps past the first two (warm-up).</p>']
+    out.append('<table class="summary"><tr><td><b>process</b></td><td><b>part</b></td><td><b>s / step</b></td>'
+               '<td><b>share of the learner step</b></td></tr>')
+    out += [f"<tr><td>{escape(r.process)}</td><td>{escape(r.part)}</td><td>{r.seconds:.3g}</td>"
+            f"<td>{'' if r.share is None else f'{r.share:.0%}'}</td></tr>" for r in rows]
+    out.append("</table>")
+    out.append('<p class="note">Means over the steps after the first two; generator and reward rows from the '
+               "timeline over the same window, validations left out (see cli/report/breakdown.py).</p>")
+    return out
+
+
 def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -122,6 +139,7 @@ def render(run: RunData, rows: list[tuple[str, str]], charts: list[tuple[Chart, 
            "supervisor.jsonl and resolved/</div>", '<table class="summary">']
     out += [f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows]
     out.append("</table>")
+    out += breakdown_html(run)
     for chart, png in charts:
         out.append(f'<h2 id="{escape(chart.name)}">{escape(chart.title)}</h2>')
         if png is None:
