@@ -145,8 +145,8 @@ class LiveView:
                      "samples/s", _fmt(rec.get("samples_per_s")))
         grid.add_row("tokens/s", _fmt(rec.get("tokens_per_s")), "sync s", _fmt(rec.get("weight_sync_s"), ".2f"),
                      "validation", _val_text(val))
-        grid.add_row("learner MFU", _fmt(rec.get("learner_mfu"), ".1%"), "pipeline",
-                     _fmt(rec.get("pipeline_efficiency"), ".1%"), "", "")
+        grid.add_row("learner MFU", _fmt(rec.get("learner_mfu"), ".1%"), "generator MFU",
+                     _fmt(rec.get("gen_mfu"), ".1%"), "pipeline", _fmt(rec.get("pipeline_efficiency"), ".1%"))
         grid.add_row("workers", "  ".join(_worker_text(*w) for w in self.workers()), "", "", "", "")
         from rich.panel import Panel
 

@@ -6,6 +6,10 @@
 - ``learner_mfu``: ``learner_tflop`` / ``train_s`` / (the peak of the learner's dtype on one rank's
   threads x ``learner.world_size``);
 - ``gen_tflop``: the generation FLOPs of the step's trained samples (prompt prefilled once per group);
+- ``gen_mfu`` and ``gen_tokens_per_s``: those FLOPs and response tokens over the time the generators spent on
+  these samples (per generator, the union of the samples' request start-end intervals, summed over generators)
+  and over one generator's peak (the generator dtype on its share of the host's cores, or its TP GPUs); groups
+  of other steps generated at the same time share that time, so this is a floor when batches overlap;
 - ``pipeline_efficiency``: achieved ``samples_per_s`` / the samples/s the FLOP limit allows for the
   same samples, i.e. ``samples_per_s`` x (learner FLOPs per sample / learner-dtype peak + generation
   FLOPs per sample / generator-dtype peak), both peaks over every core the machine has (or the GPU).
@@ -58,7 +62,15 @@ class StepFlops:
         gen = sum(self.model.generate_group(len(g.batch.column("prompt_token_ids")[0].as_py()),
                                             [int(r) for r in g.response_lengths]) for g in groups)
         p = self.peaks
-        return {"learner_tflop": learner / 1e12, "gen_tflop": gen / 1e12,
+        gen_s = generation_seconds(groups)
+        r = self.cfg.rollout
+        # one generator's peak: its TP GPUs, or its share of the host's cores (all of them with one generator)
+        gen_peak = p["gen_all"] * r.tensor_parallel_size if self.device == "cuda" else \
+            p["gen_all"] / max(r.num_generators, 1)
+        tokens = sum(int(x) for g in groups for x in g.response_lengths)
+        out = {"gen_mfu": gen / gen_s / gen_peak if gen_s > 0 else float("nan"),
+               "gen_tokens_per_s": tokens / gen_s if gen_s > 0 else float("nan")}
+        return {**out, "learner_tflop": learner / 1e12, "gen_tflop": gen / 1e12,
                 # every rank computes its share on its own threads (or GPU): the peak is world_size x one rank's
                 "learner_mfu": learner / max(train_s, 1e-9) / (p["learner"] * self.cfg.learner.world_size),
                 # seconds one sample costs at the FLOP limit of the whole machine
@@ -67,3 +79,22 @@ class StepFlops:
     @staticmethod
     def efficiency(record: dict[str, Any], peak_s_per_sample: float) -> float:
         return float(record["samples_per_s"]) * peak_s_per_sample
+
+
+def generation_seconds(groups: list[ScoredGroup]) -> float:
+    """Seconds the generators spent on ``groups``: per generator, the union of its samples' request
+    intervals (concurrent requests count once), summed over generators."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for g in groups:
+        b = g.batch
+        for gen, t0, t1 in zip(b.column("generator_index").to_pylist(), b.column("gen_start_time").to_pylist(),
+                               b.column("gen_end_time").to_pylist()):
+            if t1 > t0:
+                spans.setdefault(int(gen), []).append((float(t0), float(t1)))
+    total = 0.0
+    for ivs in spans.values():
+        end = -float("inf")
+        for a, b2 in sorted(ivs):
+            total += max(0.0, b2 - max(a, end))
+            end = max(end, b2)
+    return total

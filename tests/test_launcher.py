@@ -119,6 +119,28 @@ def test_live_view_shows_what_matters() -> None:
     assert worth_showing("learner", "asyncrl learner: data.train: dataset file not found: x")
 
 
+def test_live_panel_shows_the_step_figures(tmp_path: Path) -> None:
+    """The panel's rows carry the newest step's reward, MFU figures and pipeline efficiency."""
+    import io
+
+    from rich.console import Console
+
+    from asyncrl.live import LiveView
+
+    rec = {"step": 3, "reward_mean": 0.25, "samples_per_s": 1.5, "learner_mfu": 0.412, "gen_mfu": 0.031,
+           "pipeline_efficiency": 0.27, "time_s": 30.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    view = LiveView(tmp_path, 10, lambda: [("learner", "running", 0)])
+    try:
+        view.metrics.poll()
+        out = io.StringIO()
+        Console(file=out, width=160).print(view._render())
+    finally:
+        view.close()
+    text = out.getvalue()
+    assert "3/10" in text and "41.2%" in text and "3.1%" in text and "27.0%" in text and "generator MFU" in text
+
+
 def test_metrics_tail_reads_only_whole_lines(tmp_path: Path) -> None:
     from asyncrl.live import MetricsTail
 

@@ -71,7 +71,26 @@ def test_peak_is_measured_once_and_cached(tmp_path: Path, monkeypatch: pytest.Mo
 def test_run_records_mfu_and_pipeline_efficiency(tiny_run: SharedRun) -> None:
     steps = [r for r in read_metrics(tiny_run.run_dir) if "reward_mean" in r]
     assert steps and all(0 < r["learner_mfu"] < 1 and r["learner_tflop"] > 0 and r["gen_tflop"] > 0
-                         and 0 < r["pipeline_efficiency"] < 1 for r in steps)
+                         and 0 < r["pipeline_efficiency"] < 1 and 0 < r["gen_mfu"] < 1 and r["gen_tokens_per_s"] > 0
+                         for r in steps)
     # learner FLOPs follow the batch: more tokens, more FLOPs
     by_tokens = sorted(steps, key=lambda r: r["tokens"])
     assert by_tokens[0]["learner_tflop"] <= by_tokens[-1]["learner_tflop"]
+
+
+def test_generation_seconds_count_concurrent_requests_once() -> None:
+    from asyncrl import schema
+    from asyncrl.transport.items import ScoredGroup
+    from learner.mfu import generation_seconds
+
+    def group(gen: int, spans: list[tuple[float, float]]) -> ScoredGroup:
+        rows = [{"prompt_id": 0, "group_id": 0, "sample_index": i, "split": "train", "data_source": "t",
+                 "ground_truth": "", "prompt_token_ids": [1], "response_token_ids": [2], "behaviour_logprobs": [-1.0],
+                 "response_text": "", "finish_reason": "stop", "policy_version": 0, "policy_version_end": 0,
+                 "generator_index": gen, "gen_start_time": a, "gen_end_time": b, "reward": 0.0}
+                for i, (a, b) in enumerate(spans)]
+        return ScoredGroup(schema.make_batch(rows))
+
+    # generator 0: [0, 4] and [2, 6] overlap -> 6 s, plus [10, 11] in another group; generator 1: 3 s
+    groups = [group(0, [(0, 4), (2, 6)]), group(0, [(10, 11)]), group(1, [(5, 8)])]
+    assert generation_seconds(groups) == 6 + 1 + 3

@@ -95,10 +95,14 @@ def efficiency_rows(run: RunData) -> list[tuple[str, str | None]]:
     pk = run.peaks
     mfu = [v for r in run.steps if (v := number(r.get("learner_mfu"))) is not None]
     eff = [v for r in run.steps if (v := number(r.get("pipeline_efficiency"))) is not None]
+    gmfu = [v for r in run.steps if (v := number(r.get("gen_mfu"))) is not None]
+    gtok = [v for r in run.steps if (v := number(r.get("gen_tokens_per_s"))) is not None]
     rows: list[tuple[str, str | None]] = [
         ("learner MFU (median step)", f"{median(mfu):.1%} of the measured {pk.get('learner_dtype', '?')} peak "
          f"({pk.get('peak_learner_gflops', 0):.0f} GFLOP/s on {pk.get('learner_threads', '?')} thread(s))"
          if mfu else None),
+        ("generator MFU (median step)", f"{median(gmfu):.1%} of one generator's {pk.get('gen_dtype', '?')} peak, "
+         f"{median(gtok):.0f} tokens/s while generating the step's samples" if gmfu and gtok else None),
         ("pipeline efficiency (median step)", f"{median(eff):.1%} of the samples/s the FLOP limit of "
          f"{pk.get('cores', '?')} cores allows" if eff else None)]
     ov = overlap(run.spans)
