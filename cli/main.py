@@ -293,7 +293,7 @@ def samples(run_dir: Path = typer.Argument(..., help="A run directory (asyncrl u
 BENCHMARKS = {"packing": "bench_packing", "memory": "bench_memory", "transport": "bench_transport",
               "async": "bench_async", "weight-sync": "bench_weight_sync", "trl": "bench_trl",
               "scaling": "bench_scaling", "lora": "bench_lora", "peak": "bench_peak",
-              "time-to-accuracy": "bench_time_to_accuracy"}
+              "time-to-accuracy": "bench_time_to_accuracy", "learner": "bench_learner"}
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

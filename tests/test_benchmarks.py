@@ -30,6 +30,12 @@ def test_packing_smoke(tmp_path: Path) -> None:
     assert all(row["peak_rss_mb"] > 0 for row in r["rows"])
 
 
+def test_learner_smoke(tmp_path: Path) -> None:
+    r = bench("learner", tmp_path)
+    assert [row["variant"] for row in r["rows"]] == ["mp"]
+    assert all(row["step_s"] > 0 and 0 < row["mfu"] < 1.5 and row["tflop"] > 0 for row in r["rows"])
+
+
 def test_transport_smoke(tmp_path: Path) -> None:
     r = bench("transport", tmp_path)
     assert r["ratio"] > 0 and all(row["MB_per_s"] > 0 for row in r["rows"])
