@@ -2,14 +2,16 @@
 
 The real Trainer step (GRPO, PPO-clip loss, AdamW) on a batch shaped like the quickstart's
 (4 prompts x 8 samples, ~46 prompt and ~21 response tokens), each variant in its own process:
-the compute dtype (fp32; bf16 autocast over fp32 weights, the quickstart's; FSDP2 mixed precision,
-bf16 parameters for compute), ``torch.compile`` of the model, micro-batch size and torch threads.
-Each row gives the best step of ``--repeats`` after a warm-up, where it went (forward, backward,
-optimiser) and the learner MFU by asyncrl.flops' convention over asyncrl.peak's measured peak of
-the variant's dtype and threads (``asyncrl bench peak`` to refresh it on an idle machine)::
+the compute dtype (fp32; bf16 autocast over fp32 weights; FSDP2 mixed precision, bf16 parameters for
+compute, the quickstart's), eager attention instead of SDPA (a ``+eager`` suffix), ``torch.compile``
+of the model, micro-batch size and torch threads. Each row gives the best step of ``--repeats``
+after a warm-up (and the median step's MFU), where it went (forward, backward, optimiser) and the
+learner MFU by asyncrl.flops' convention over asyncrl.peak's measured peak of the variant's dtype and
+threads (``asyncrl bench peak`` to refresh it on an idle machine); ``--vary`` trains on a new batch
+(new lengths, new tensor shapes) every step, as a run does::
 
     asyncrl bench learner                                    # SmolLM2-135M if imported, else tiny
-    python benchmarks/bench_learner.py --variants autocast,mp --threads 2
+    python benchmarks/bench_learner.py --variants autocast,mp+eager --threads 2 --repeats 5 --vary
     python benchmarks/bench_learner.py --profile autocast    # + the top ops of one step
     python benchmarks/bench_learner.py --smoke               # tiny model, one variant, seconds
 """
@@ -82,36 +84,42 @@ def worker(args: argparse.Namespace) -> None:
         model.compile(dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     trainer = Trainer(model, opt, cfg.learner, cfg.algorithm, tok.pad_token_id or 0, 0.7, 64)
-    groups = make_groups(args.prompts, args.n, args.prompt_len, args.response_len, len(tok), args.seed)
-    lengths = [(len(p), len(r)) for g in groups for p, r in zip(g.column("prompt_token_ids").to_pylist(),
-                                                               g.column("response_token_ids").to_pylist())]
-    flops = learner_step_flops(ModelFlops.from_dir(Path(args.model)), lengths)
+    model_flops = ModelFlops.from_dir(Path(args.model))
+
+    def batch(seed: int) -> tuple[list, float, int]:
+        groups = make_groups(args.prompts, args.n, args.prompt_len, args.response_len, len(tok), seed)
+        lengths = [(len(p), len(r)) for g in groups for p, r in zip(g.column("prompt_token_ids").to_pylist(),
+                                                                   g.column("response_token_ids").to_pylist())]
+        return groups, learner_step_flops(model_flops, lengths), sum(a + b for a, b in lengths)
+
     compute = "bfloat16" if overrides.get("autocast_bf16") or overrides.get("mixed_precision") else dtype
+    groups, flops, tokens = batch(args.seed)
     t0 = time.perf_counter()
     trainer.step(groups, 0)  # warm-up (and compilation)
     warmup = time.perf_counter() - t0
-    best: tuple[float, dict[str, float]] = (float("inf"), {})
-    for _ in range(args.repeats):
+    steps = []  # (FLOP/s, seconds, phase times, FLOPs, tokens)
+    for i in range(args.repeats):
+        if args.vary:  # a new batch each step (new lengths, so new tensor shapes), as in a run
+            groups, flops, tokens = batch(args.seed + i + 1)
         t0 = time.perf_counter()
         trainer.step(groups, 0)
         dt = time.perf_counter() - t0
-        if dt < best[0]:
-            best = (dt, dict(trainer.times))
+        steps.append((flops / dt, dt, dict(trainer.times), flops, tokens))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             trainer.step(groups, 0)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
-    step_s, times = best
+    rate, step_s, times, flops, tokens = max(steps, key=lambda s: s[0])  # the best step
     p = peak(compute, args.threads, "cpu")
     print(json.dumps({"variant": args.worker, "compute": compute, "threads": args.threads, "step_s": step_s,
                       "forward_s": times["forward"], "backward_s": times["backward"],
                       "optimizer_s": times["optimizer"],
                       "other_s": step_s - times["forward"] - times["backward"] - times["optimizer"]
                       - times["phase_a"], "warmup_s": warmup, "tflop": flops / 1e12,
-                      "gflops": flops / step_s / 1e9, "peak_gflops": p / 1e9, "mfu": flops / step_s / p,
-                      "tokens": sum(a + b for a, b in lengths)}))
+                      "gflops": rate / 1e9, "peak_gflops": p / 1e9, "mfu": rate / p, "tokens": tokens,
+                      "median_mfu": sorted(s[0] for s in steps)[len(steps) // 2] / p}))
 
 
 def main() -> None:
@@ -125,6 +133,7 @@ def main() -> None:
     ap.add_argument("--response-len", type=int, default=21)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vary", action="store_true", help="a new batch (new lengths) every step, as in a run")
     ap.add_argument("--profile", default="", help="variant whose step is profiled (top ops to stderr)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, one repeat")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -148,7 +157,8 @@ def main() -> None:
                 argv = [__file__, "--model", str(model), "--threads", threads, "--prompts", str(args.prompts),
                         "--n", str(args.n), "--prompt-len", str(args.prompt_len), "--response-len",
                         str(args.response_len), "--repeats", str(args.repeats), "--seed", str(args.seed),
-                        "--worker", v] + (["--profile", v] if args.profile == v else [])
+                        "--worker", v] + (["--vary"] if args.vary else [])
+                argv += ["--profile", v] if args.profile == v else []
                 print(f"[bench learner] {v} on {threads} thread(s) ...", flush=True)
                 row = run_worker(argv)
                 print(f"[bench learner] {v}: step {row['step_s']:.2f} s, MFU {row['mfu']:.1%}", flush=True)
@@ -156,7 +166,7 @@ def main() -> None:
     md = f"CPU: {cpu_name()}; model: {model.name}; batch {args.prompts} prompts x {args.n} samples, " \
          f"~{args.prompt_len} prompt + ~{args.response_len} response tokens\n\n"
     md += table(rows, ["variant", "compute", "threads", "step_s", "forward_s", "backward_s", "optimizer_s",
-                       "other_s", "warmup_s", "gflops", "peak_gflops", "mfu"])
+                       "other_s", "warmup_s", "gflops", "peak_gflops", "mfu", "median_mfu"])
     write_results(args.out, "learner", {"cpu": cpu_name(), "model": str(model), "rows": rows,
                                         "args": {k: str(v) for k, v in vars(args).items()}}, md)
 
