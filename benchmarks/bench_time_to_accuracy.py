@@ -149,6 +149,19 @@ def run_asyncrl(model: Path, train: Path, test: Path, args: argparse.Namespace, 
     return {"curve": curve, "steps": len(run["steps"]), "stop": state["stop"], "minutes": (time.time() - t0) / 60}
 
 
+def quickstart_compute() -> str:
+    """What configs/quickstart.toml computes in on this machine (generator dtype, learner precision, attention)."""
+    from asyncrl.config import load_config
+    from asyncrl.hardware import autocast_bf16_ok, mixed_precision_ok, resolve_dtype
+
+    cfg = load_config(REPO / "configs" / "quickstart.toml")
+    lr = cfg.learner
+    learner = ("FSDP2 bf16 mixed precision" if mixed_precision_ok(lr.mixed_precision, "cpu") else
+               "fp32 + bf16 autocast" if autocast_bf16_ok(lr.autocast_bf16, "cpu") else "fp32")
+    attn = f", {lr.attn_implementation} attention" if lr.attn_implementation else ""
+    return f"vLLM {resolve_dtype(cfg.rollout.dtype)}, learner {learner}{attn}"
+
+
 def run_argv(args: argparse.Namespace) -> list[str]:
     return ["--target", str(args.target), "--cap-minutes", str(args.cap_minutes), "--val-every",
             str(args.val_every), "--val-prompts", str(args.val_prompts), "--max-steps", str(args.max_steps)]
@@ -245,11 +258,10 @@ def main() -> None:
     if args.worker:
         return trl_worker(args)
     require_trl("bench_time_to_accuracy")
-    from asyncrl.hardware import fast_bf16, resolve_dtype
+    from asyncrl.hardware import fast_bf16
 
     bf16 = fast_bf16()
-    dtypes = {"asyncrl": f"vLLM {resolve_dtype('auto')}, learner fp32" + (" + bf16 autocast" if bf16 else ""),
-              "trl": "fp32" + (" + bf16 autocast (bf16=True)" if bf16 else "")}
+    dtypes = {"asyncrl": quickstart_compute(), "trl": "fp32" + (" + bf16 autocast (bf16=True)" if bf16 else "")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         from cli.data.arith import write_arith
