@@ -99,9 +99,13 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def seconds(x: float) -> str:
+    return f"{x:.3g}" if x >= 0.001 else "< 0.001"
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| process | part | s / step | share of the learner step |", "|---|---|---|---|"]
-    lines += [f"| {r.process} | {r.part} | {r.seconds:.3g} | {'' if r.share is None else f'{r.share:.0%}'} |"
+    lines += [f"| {r.process} | {r.part} | {seconds(r.seconds)} | {'' if r.share is None else f'{r.share:.0%}'} |"
               for r in rows]
     return "\n".join(lines)
 

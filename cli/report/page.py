@@ -14,7 +14,7 @@ from html import escape
 
 from matplotlib.figure import Figure
 
-from cli.report.breakdown import breakdown
+from cli.report.breakdown import breakdown, seconds
 from cli.report.data import RunData, learner_seconds, median, number, series
 from cli.report.figures import Chart, rolling
 from cli.report.overlap import of_kind, overlap
@@ -123,7 +123,7 @@ def breakdown_html(run: RunData) -> list[str]:
         return out + ['<p class="missing">Not shown: the run has no steps past the first two (warm-up).</p>']
     out.append('<table class="summary"><tr><td><b>process</b></td><td><b>part</b></td><td><b>s / step</b></td>'
                '<td><b>share of the learner step</b></td></tr>')
-    out += [f"<tr><td>{escape(r.process)}</td><td>{escape(r.part)}</td><td>{r.seconds:.3g}</td>"
+    out += [f"<tr><td>{escape(r.process)}</td><td>{escape(r.part)}</td><td>{seconds(r.seconds)}</td>"
             f"<td>{'' if r.share is None else f'{r.share:.0%}'}</td></tr>" for r in rows]
     out.append("</table>")
     out.append('<p class="note">Means over the steps after the first two; generator and reward rows from the '
